@@ -1,0 +1,24 @@
+// Drain: reading the final contents of an inner map that left the data plane (after the
+// barrier), summing its counter fields over entries and CPUs. Also used to read live totals.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "core/builder.h"
+#include "core/model.h"
+#include "util/result.h"
+
+namespace policyd::core {
+
+// Reads every entry of `inner` (per-CPU values kept per CPU) and the counter sums.
+// With DrainMode::kNone only the counters are skipped too: nothing is read.
+[[nodiscard]] Result<DrainRecord> drain_inner(const InnerMap& inner, const OuterMapConfig& map,
+                                              uint64_t replaced_by);
+
+// Sums of the counter fields over all entries (and CPUs) of a map, by field name.
+[[nodiscard]] Result<std::map<std::string, uint64_t>> read_counter_totals(
+    int fd, const OuterMapConfig& map);
+
+}  // namespace policyd::core

@@ -1,0 +1,615 @@
+// Engine: outer-map ownership, the commit round with undo, atomic-group bank flips, drain.
+#include "core/engine.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <set>
+
+#include "core/drain.h"
+#include "kernel/map.h"
+
+namespace policyd::core {
+
+struct Engine::Group {
+  std::string name;
+  kernel::UniqueFd bank_fd;
+  uint32_t bank_id = 0;
+  int active = 0;  // the bank programs read: 0 = <map>_a, 1 = <map>_b
+  std::vector<Outer*> members;
+};
+
+struct Engine::Outer {
+  const OuterMapConfig* config = nullptr;  // points into configs_
+  Group* group = nullptr;                  // null unless an atomic-group member
+  kernel::UniqueFd fd[2];                  // bank copies for group members, fd[0] otherwise
+  uint32_t id[2] = {0, 0};
+  std::map<Bytes, InnerRef> slots[2];      // what policyd installed in each copy
+  [[nodiscard]] int active() const { return group ? group->active : 0; }
+  [[nodiscard]] int banks() const { return group ? 2 : 1; }
+};
+
+// Everything one commit decided before touching the kernel.
+struct Engine::Plan {
+  struct Record {
+    Outer* outer = nullptr;
+    int bank = 0;
+    Bytes slot;
+    InnerRef next;  // null: delete
+    InnerRef prev;  // null: slot was empty
+    uint64_t generation = 0;
+  };
+  std::vector<uint64_t> ids;
+  std::vector<OuterWrite> writes;
+  std::vector<Record> records;  // parallel to writes
+  std::vector<Group*> groups;   // groups that flip at this commit
+  // Group members: the target contents of the bank that becomes active, and which generation
+  // changed each slot.
+  std::map<Outer*, std::map<Bytes, InnerRef>> group_target;
+  std::map<Outer*, std::map<Bytes, uint64_t>> group_changed_by;
+};
+
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+InnerRef find_slot(const std::map<Bytes, InnerRef>& slots, const Bytes& slot) {
+  auto it = slots.find(slot);
+  return it == slots.end() ? nullptr : it->second;
+}
+
+void set_slot(std::map<Bytes, InnerRef>& slots, const Bytes& slot, InnerRef inner) {
+  if (inner) slots[slot] = std::move(inner);
+  else slots.erase(slot);
+}
+
+Status make_dirs(const std::string& path) {
+  for (size_t pos = 1; pos <= path.size(); ++pos) {
+    if (pos != path.size() && path[pos] != '/') continue;
+    std::string prefix = path.substr(0, pos);
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      return sys_error(errno, "create directory " + prefix);
+    }
+  }
+  return {};
+}
+
+std::string describe(const OuterMapConfig& map, const Bytes& slot) {
+  return "map \"" + map.name + "\" slot " + slot_to_string(map.kind, slot);
+}
+
+// Why an adopted inner map cannot serve as this outer map's inner map, or "" if it can.
+std::string inner_mismatch(const kernel::MapInfo& info, const InnerTemplate& t) {
+  uint32_t flags = t.flags | (t.type == BPF_MAP_TYPE_LPM_TRIE ? BPF_F_NO_PREALLOC : 0);
+  if (info.type != t.type) {
+    return std::string("type ") + kernel::map_type_name(info.type) + ", config wants " +
+           kernel::map_type_name(t.type);
+  }
+  if (info.key_size != t.key_size) return "key size " + std::to_string(info.key_size);
+  if (info.value_size != t.value_size) return "value size " + std::to_string(info.value_size);
+  if (info.flags != flags) return "map flags " + std::to_string(info.flags);
+  bool array = t.type == BPF_MAP_TYPE_ARRAY || t.type == BPF_MAP_TYPE_PERCPU_ARRAY;
+  if (array && !(flags & BPF_F_INNER_MAP) && info.max_entries != t.max_entries) {
+    return "max_entries " + std::to_string(info.max_entries);
+  }
+  return "";
+}
+
+// Applies the writes marked `first` in one round, then (if they all succeeded) the others in a
+// second round; results in input order. A hash outer map holds at most max_entries slots and
+// the calls of one round reach the kernel in any order, so deletes that make room for new keys
+// must be done before those keys are inserted.
+RoundResult apply_phased(SlotWriter& writer, const std::vector<OuterWrite>& writes,
+                         const std::vector<bool>& first) {
+  std::vector<OuterWrite> phase[2];
+  std::vector<size_t> index[2];
+  for (size_t i = 0; i < writes.size(); ++i) {
+    const int p = first[i] ? 0 : 1;
+    phase[p].push_back(writes[i]);
+    index[p].push_back(i);
+  }
+  RoundResult result;
+  result.applied.assign(writes.size(), false);
+  for (int p = 0; p < 2; ++p) {
+    if (phase[p].empty()) continue;
+    RoundResult r = writer.apply(phase[p]);
+    for (size_t k = 0; k < index[p].size(); ++k) result.applied[index[p][k]] = r.applied[k];
+    if (r.error) {
+      result.error = std::move(r.error);
+      break;
+    }
+  }
+  return result;
+}
+
+}  // namespace
+
+Strategy choose_strategy(BarrierMode mode, const kernel::KernelFacts& facts) {
+  switch (mode) {
+    case BarrierMode::kBatch: return Strategy::kBatch;
+    case BarrierMode::kConcurrent: return Strategy::kConcurrent;
+    case BarrierMode::kAuto: break;
+  }
+  return facts.outer_batch_update && !facts.batch_waits_per_element ? Strategy::kBatch
+                                                                    : Strategy::kConcurrent;
+}
+
+Engine::Engine(EngineConfig config, kernel::KernelFacts facts)
+    : config_(std::move(config)),
+      facts_(std::move(facts)),
+      pins_(config_.pin_dir),
+      build_pool_(config_.build_threads),
+      barrier_pool_(config_.barrier_threads) {}
+
+Engine::~Engine() = default;
+
+Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
+  std::set<std::string> names;
+  for (const OuterMapConfig& m : config.maps) {
+    POLICYD_TRY(validate_map_config(m));
+    if (!names.insert(m.name).second) {
+      return invalid_argument("map \"" + m.name + "\" is declared twice");
+    }
+  }
+  kernel::KernelFacts facts = kernel::kernel_release();
+  if (config.barrier == BarrierMode::kAuto) {
+    POLICYD_ASSIGN_OR_RETURN(facts, kernel::probe_kernel());
+  }
+  const Strategy strategy = choose_strategy(config.barrier, facts);
+  std::unique_ptr<Engine> engine(new Engine(std::move(config), std::move(facts)));
+  POLICYD_ASSIGN_OR_RETURN(engine->writer_, SlotWriter::create(strategy, engine->barrier_pool_));
+  POLICYD_TRY(engine->open_maps());
+  if (engine->config_.barrier == BarrierMode::kAuto) {
+    spdlog::info("barrier strategy: {} (auto; {})", to_string(strategy),
+                 engine->facts_.describe());
+  } else {
+    spdlog::info("barrier strategy: {} (set by config; kernel {}, not probed)", to_string(strategy),
+                 engine->facts_.release);
+  }
+  return engine;
+}
+
+Status Engine::open_maps() {
+  POLICYD_TRY(make_dirs(pins_.dir()));
+  for (const OuterMapConfig& m : config_.maps) configs_.emplace(m.name, m);
+  for (auto& [name, cfg] : configs_) {
+    auto outer = std::make_unique<Outer>();
+    outer->config = &cfg;
+    if (!cfg.group.empty()) {
+      auto& group = groups_[cfg.group];
+      if (!group) {
+        group = std::make_unique<Group>();
+        group->name = cfg.group;
+      }
+      outer->group = group.get();
+      group->members.push_back(outer.get());
+    }
+    outers_.emplace(name, std::move(outer));
+  }
+  for (auto& [name, outer] : outers_) {
+    if (outer->group) {
+      for (int bank = 0; bank < 2; ++bank) {
+        POLICYD_TRY(open_outer(*outer, bank, PinPaths::member_name(name, bank),
+                               pins_.member(name, bank)));
+      }
+    } else {
+      POLICYD_TRY(open_outer(*outer, 0, name, pins_.outer(name)));
+    }
+  }
+  for (auto& [name, group] : groups_) POLICYD_TRY(open_group(*group));
+  // The same inner map may sit in both banks of a group member: share one InnerRef.
+  for (auto& [name, outer] : outers_) {
+    if (!outer->group) continue;
+    for (auto& [slot, inner] : outer->slots[1]) {
+      InnerRef other = find_slot(outer->slots[0], slot);
+      if (other && other->id == inner->id) inner = other;
+    }
+  }
+  return {};
+}
+
+Status Engine::open_outer(Outer& outer, int bank, const std::string& kernel_name,
+                          const std::string& path) {
+  const OuterMapConfig& cfg = *outer.config;
+  const bpf_map_type type =
+      cfg.kind == OuterKind::kArray ? BPF_MAP_TYPE_ARRAY_OF_MAPS : BPF_MAP_TYPE_HASH_OF_MAPS;
+  Result<kernel::UniqueFd> pinned = kernel::open_pinned(path);
+  if (pinned.ok()) {
+    POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(pinned->get()));
+    std::string why;
+    if (info.type != type) why = std::string("it is ") + kernel::map_type_name(info.type);
+    else if (info.key_size != cfg.slot_key_size) why = "its key is " + std::to_string(info.key_size) + " bytes";
+    else if (info.max_entries != cfg.slots) why = "it has " + std::to_string(info.max_entries) + " slots";
+    if (!why.empty()) {
+      return failed_precondition("pinned map " + path + " does not match map \"" + cfg.name +
+                                 "\" (" + to_string(cfg.kind) + ", " +
+                                 std::to_string(cfg.slots) + " slots, key " +
+                                 std::to_string(cfg.slot_key_size) + " bytes): " + why +
+                                 "; policyd never replaces a pinned map, remove it or fix the "
+                                 "config");
+    }
+    outer.fd[bank] = std::move(pinned).value();
+    outer.id[bank] = info.id;
+    spdlog::info("adopted pinned map {} (id {})", path, info.id);
+    Status adopted = adopt_slots(outer, bank);
+    if (!adopted.ok()) return adopted.error().wrap("pinned map " + path);
+    return {};
+  }
+  if (pinned.error().code != ErrorCode::kNotFound) return pinned.error();
+
+  POLICYD_ASSIGN_OR_RETURN(kernel::UniqueFd tmpl, create_inner_map(cfg));
+  kernel::MapSpec spec{type, kernel_name, cfg.slot_key_size, 4, cfg.slots, 0, tmpl.get()};
+  POLICYD_ASSIGN_OR_RETURN(kernel::UniqueFd fd, kernel::create_map(spec));
+  POLICYD_TRY(kernel::pin(fd.get(), path));
+  POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(fd.get()));
+  outer.fd[bank] = std::move(fd);
+  outer.id[bank] = info.id;
+  spdlog::info("created map {} ({}, {} slots, inner {}, id {})", path, to_string(cfg.kind),
+               cfg.slots, kernel::map_type_name(cfg.inner.type), info.id);
+  return {};
+}
+
+Status Engine::adopt_slots(Outer& outer, int bank) {
+  const OuterMapConfig& cfg = *outer.config;
+  POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(outer.fd[bank].get()));
+  std::vector<std::pair<Bytes, uint32_t>> found;
+  POLICYD_TRY(kernel::dump(outer.fd[bank].get(), info, [&](const uint8_t* key, const uint8_t* v) {
+    uint32_t id = 0;
+    std::memcpy(&id, v, sizeof(id));
+    found.emplace_back(Bytes(key, key + info.key_size), id);
+  }));
+  for (auto& [slot, id] : found) {
+    Result<kernel::UniqueFd> fd = kernel::map_fd_by_id(id);
+    if (!fd.ok()) return fd.error().wrap("adopt " + describe(cfg, slot));
+    POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo inner_info, kernel::map_info(fd->get()));
+    std::string why = inner_mismatch(inner_info, cfg.inner);
+    if (!why.empty()) {
+      return failed_precondition("adopt " + describe(cfg, slot) + ": the inner map there (id " +
+                                 std::to_string(id) + ") has " + why);
+    }
+    auto inner = std::make_shared<InnerMap>();
+    inner->fd = std::move(fd).value();
+    inner->id = id;
+    inner->map = cfg.name;
+    inner->slot = slot;
+    outer.slots[bank][slot] = std::move(inner);
+  }
+  return {};
+}
+
+Status Engine::open_group(Group& group) {
+  const std::string path = pins_.bank(group.name);
+  Result<kernel::UniqueFd> pinned = kernel::open_pinned(path);
+  if (pinned.ok()) {
+    POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(pinned->get()));
+    if (info.type != BPF_MAP_TYPE_ARRAY || info.key_size != 4 || info.value_size != 4 ||
+        info.max_entries != 1) {
+      return failed_precondition("pinned map " + path + " is not group \"" + group.name +
+                                 "\"'s bank word (a one-entry u32 array)");
+    }
+    const uint32_t key = 0;
+    uint32_t value = 0;
+    POLICYD_TRY(kernel::lookup_elem(pinned->get(), &key, &value));
+    group.active = value == 0 ? 0 : 1;
+    group.bank_fd = std::move(pinned).value();
+    group.bank_id = info.id;
+    return {};
+  }
+  if (pinned.error().code != ErrorCode::kNotFound) return pinned.error();
+  kernel::MapSpec spec{BPF_MAP_TYPE_ARRAY, PinPaths::bank_name(group.name), 4, 4, 1, 0, -1};
+  POLICYD_ASSIGN_OR_RETURN(group.bank_fd, kernel::create_map(spec));
+  POLICYD_TRY(kernel::pin(group.bank_fd.get(), path));
+  POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(group.bank_fd.get()));
+  group.bank_id = info.id;
+  return {};
+}
+
+Status Engine::validate(const Generation& gen) const { return validate_generation(gen, configs_); }
+
+Result<BuiltGeneration> Engine::build(const Generation& gen) {
+  return build_generation(gen, configs_, build_pool_);
+}
+
+Engine::Plan Engine::plan(std::vector<BuiltGeneration>& batch) {
+  Plan plan;
+  // Final target per map and slot; a later generation in the batch wins. Superseded inner
+  // maps were never installed and are closed with the batch.
+  std::map<std::string, std::map<Bytes, std::pair<InnerRef, uint64_t>>> target;
+  uint64_t id = current_;
+  for (BuiltGeneration& gen : batch) {
+    plan.ids.push_back(++id);
+    for (BuiltChange& change : gen.changes) {
+      if (change.inner) change.inner->installed_by = id;
+      target[change.map][change.slot] = {change.inner, id};
+    }
+  }
+  auto add_write = [&](Outer& o, int bank, const Bytes& slot, InnerRef next, InnerRef prev,
+                       uint64_t gen) {
+    OuterWrite w;
+    w.outer_fd = o.fd[bank].get();
+    w.array = o.config->kind == OuterKind::kArray;
+    w.slot = slot;
+    w.inner_fd = next ? next->fd.get() : -1;
+    w.what = describe(*o.config, slot) + (o.group ? (bank ? " (bank b)" : " (bank a)") : "");
+    plan.writes.push_back(std::move(w));
+    plan.records.push_back({&o, bank, slot, std::move(next), std::move(prev), gen});
+  };
+
+  std::set<Group*> groups;
+  for (auto& [name, slots] : target) {
+    Outer& o = *outers_.at(name);
+    if (o.group) {
+      groups.insert(o.group);
+      continue;
+    }
+    for (auto& [slot, change] : slots) {
+      InnerRef prev = find_slot(o.slots[0], slot);
+      if (!change.first && !prev) continue;  // deleting an empty slot changes nothing
+      add_write(o, 0, slot, change.first, prev, change.second);
+    }
+  }
+  // Atomic groups: bring the inactive bank of every member to the target generation.
+  for (Group* g : groups) {
+    plan.groups.push_back(g);
+    const int inactive = 1 - g->active;
+    for (Outer* m : g->members) {
+      std::map<Bytes, InnerRef> want = m->slots[g->active];
+      auto t = target.find(m->config->name);
+      if (t != target.end()) {
+        for (auto& [slot, change] : t->second) {
+          set_slot(want, slot, change.first);
+          plan.group_changed_by[m][slot] = change.second;
+        }
+      }
+      std::set<Bytes> keys;
+      for (auto& [slot, inner] : want) keys.insert(slot);
+      for (auto& [slot, inner] : m->slots[inactive]) keys.insert(slot);
+      for (const Bytes& slot : keys) {
+        InnerRef w = find_slot(want, slot);
+        InnerRef h = find_slot(m->slots[inactive], slot);
+        if (w == h) continue;
+        uint64_t gen = plan.group_changed_by[m].count(slot) ? plan.group_changed_by[m][slot] : 0;
+        add_write(*m, inactive, slot, w, h, gen);
+      }
+      plan.group_target[m] = std::move(want);
+    }
+  }
+  return plan;
+}
+
+Status Engine::undo(Plan& plan, const RoundResult& round) {
+  // Group banks being prepared are invisible to programs: keep what the kernel now holds.
+  // Plain outer maps: write back what each applied slot held before.
+  std::vector<OuterWrite> inverse;
+  std::vector<size_t> inverse_of;
+  for (size_t i = 0; i < plan.records.size(); ++i) {
+    if (!round.applied[i]) continue;
+    Plan::Record& r = plan.records[i];
+    if (r.outer->group) {
+      set_slot(r.outer->slots[r.bank], r.slot, r.next);
+      continue;
+    }
+    OuterWrite w = plan.writes[i];
+    w.inner_fd = r.prev ? r.prev->fd.get() : -1;
+    inverse.push_back(std::move(w));
+    inverse_of.push_back(i);
+  }
+  // Deletes first: re-inserting an old key into a full hash outer map needs the element the
+  // new key holds. Undo is rare; the extra grace period does not matter.
+  std::vector<bool> deletes(inverse.size());
+  for (size_t k = 0; k < inverse.size(); ++k) deletes[k] = inverse[k].inner_fd < 0;
+  RoundResult undone = apply_phased(*writer_, inverse, deletes);
+  for (size_t k = 0; k < inverse.size(); ++k) {
+    Plan::Record& r = plan.records[inverse_of[k]];
+    if (undone.applied[k]) {
+      // The new map was live for a moment: drain it, nothing a program wrote is lost.
+      if (r.next) {
+        r.next->installed_by = 0;  // never committed; its id goes to the next commit
+        pending_.push_back({r.next, 0});
+      }
+    } else {
+      // Could not restore: record the truth so later commits and drains stay correct.
+      set_slot(r.outer->slots[r.bank], r.slot, r.next);
+      if (r.prev) pending_.push_back({r.prev, r.generation});
+    }
+  }
+  if (undone.error) {
+    return Error{ErrorCode::kInternal, undone.error->sys_errno,
+                 "undo failed, the data plane may hold a mix of generations: " +
+                     undone.error->context};
+  }
+  return {};
+}
+
+Status Engine::flip_groups(Plan& plan) {
+  const uint32_t key = 0;
+  std::vector<Group*> flipped;
+  for (Group* g : plan.groups) {
+    const uint32_t next = 1 - g->active;
+    Status st = kernel::update_elem(g->bank_fd.get(), &key, &next);
+    if (st.ok()) {
+      flipped.push_back(g);
+      continue;
+    }
+    for (Group* f : flipped) {
+      const auto back = static_cast<uint32_t>(f->active);
+      (void)kernel::update_elem(f->bank_fd.get(), &key, &back);
+    }
+    return st.error().wrap("flip group \"" + g->name + "\"");
+  }
+  return {};
+}
+
+Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
+  if (batch.empty()) return invalid_argument("commit of an empty batch");
+  const uint64_t rounds_before = writer_->stats().rounds + writer_->stats().barriers;
+  Plan plan = this->plan(batch);
+  CommitReport report;
+  report.first_generation = plan.ids.front();
+  report.last_generation = plan.ids.back();
+  report.slots_written = plan.writes.size();
+  const std::string what = plan.ids.size() == 1
+                               ? "commit generation " + std::to_string(plan.ids.front())
+                               : "commit generations " + std::to_string(plan.ids.front()) + ".." +
+                                     std::to_string(plan.ids.back());
+
+  auto t0 = std::chrono::steady_clock::now();
+  // Hash outer maps whose new keys only fit once this commit's deletes are done: those deletes
+  // go in a round of their own (one more grace period, only in that case).
+  std::map<std::pair<const Outer*, int>, size_t> inserts;
+  for (const Plan::Record& r : plan.records) {
+    if (r.outer->config->kind == OuterKind::kHash && r.next && !r.prev) inserts[{r.outer, r.bank}]++;
+  }
+  std::vector<bool> first(plan.records.size(), false);
+  for (size_t i = 0; i < plan.records.size(); ++i) {
+    const Plan::Record& r = plan.records[i];
+    if (r.next || !r.prev) continue;
+    auto it = inserts.find({r.outer, r.bank});
+    first[i] = it != inserts.end() &&
+               r.outer->slots[r.bank].size() + it->second > r.outer->config->slots;
+  }
+  RoundResult round = apply_phased(*writer_, plan.writes, first);
+  report.write_ms = ms_since(t0);
+  if (round.error) {
+    stats_.failed_commits++;
+    Status undone = undo(plan, round);
+    Error e = round.error->wrap(what);
+    if (!undone.ok()) e.context += "; " + undone.error().context;
+    else e.context += "; undone, the data plane keeps generation " + std::to_string(current_);
+    return e;
+  }
+  if (!plan.groups.empty()) {
+    Status flipped = flip_groups(plan);
+    if (!flipped.ok()) {
+      stats_.failed_commits++;
+      round.applied.assign(plan.records.size(), true);
+      Status undone = undo(plan, round);
+      Error e = flipped.error().wrap(what);
+      if (!undone.ok()) e.context += "; " + undone.error().context;
+      return e;
+    }
+    auto t1 = std::chrono::steady_clock::now();
+    Status barrier = writer_->barrier();
+    report.barrier_ms = ms_since(t1);
+    if (!barrier.ok()) {
+      // The flip is done and cannot be waited for: say so rather than ack.
+      spdlog::error("{}: {}", what, barrier.error().message());
+    }
+  }
+
+  // The kernel now holds the plan: record it and queue what left the data plane for drain.
+  for (Plan::Record& r : plan.records) {
+    set_slot(r.outer->slots[r.bank], r.slot, r.next);
+    if (!r.outer->group && r.prev) pending_.push_back({r.prev, r.generation});
+  }
+  for (Group* g : plan.groups) {
+    const int old_active = g->active;
+    g->active = 1 - old_active;
+    for (Outer* m : g->members) {
+      const auto& target = plan.group_target[m];
+      for (auto& [slot, old] : m->slots[old_active]) {
+        if (find_slot(target, slot) == old) continue;
+        auto changed = plan.group_changed_by[m].find(slot);
+        pending_.push_back({old, changed == plan.group_changed_by[m].end() ? report.last_generation
+                                                                           : changed->second});
+      }
+    }
+  }
+  current_ = report.last_generation;
+  stats_.commits++;
+  stats_.generations += plan.ids.size();
+  report.rounds = writer_->stats().rounds + writer_->stats().barriers - rounds_before;
+  return report;
+}
+
+Result<CommitReport> Engine::push(const Generation& gen) {
+  POLICYD_ASSIGN_OR_RETURN(BuiltGeneration built, build(gen));
+  std::vector<BuiltGeneration> batch;
+  batch.push_back(std::move(built));
+  return commit(std::move(batch));
+}
+
+Result<std::vector<DrainRecord>> Engine::drain() {
+  std::vector<DrainRecord> records;
+  while (!pending_.empty()) {
+    PendingDrain& p = pending_.front();
+    const OuterMapConfig& cfg = configs_.at(p.inner->map);
+    if (p.inner->fd.valid()) {
+      Result<DrainRecord> rec = drain_inner(*p.inner, cfg, p.replaced_by);
+      if (!rec.ok()) return std::move(rec).error();  // stays pending; retried next time
+      for (auto& [field, total] : rec->counters) {
+        drained_totals_[CounterKey{cfg.name, p.inner->slot, field}] += total;
+      }
+      stats_.drained_maps++;
+      stats_.drained_entries += rec->entries.size();
+      records.push_back(std::move(rec).value());
+      // A group member's old bank may still reference the map until the next commit writes
+      // that bank; the kernel frees it then. policyd is done with it now.
+      p.inner->fd.reset();
+    }
+    pending_.erase(pending_.begin());
+  }
+  return records;
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s = stats_;
+  s.writer = writer_->stats();
+  return s;
+}
+
+Result<const Engine::Outer*> Engine::find(const std::string& map) const {
+  auto it = outers_.find(map);
+  if (it == outers_.end()) {
+    return Error{ErrorCode::kNotFound, 0, "unknown map \"" + map + "\""};
+  }
+  return static_cast<const Outer*>(it->second.get());
+}
+
+Result<std::vector<SlotInfo>> Engine::slots(const std::string& map) const {
+  POLICYD_ASSIGN_OR_RETURN(const Outer* o, find(map));
+  std::vector<SlotInfo> out;
+  for (auto& [slot, inner] : o->slots[o->active()]) {
+    out.push_back({slot, inner->id, inner->installed_by});
+  }
+  return out;
+}
+
+Result<int> Engine::outer_fd(const std::string& map) const {
+  POLICYD_ASSIGN_OR_RETURN(const Outer* o, find(map));
+  return o->fd[o->active()].get();
+}
+
+Result<std::map<std::string, uint64_t>> Engine::live_counters(const std::string& map,
+                                                              const Bytes& slot) const {
+  POLICYD_ASSIGN_OR_RETURN(const Outer* o, find(map));
+  InnerRef inner = find_slot(o->slots[o->active()], slot);
+  if (!inner) return std::map<std::string, uint64_t>{};
+  return read_counter_totals(inner->fd.get(), *o->config);
+}
+
+std::vector<uint32_t> Engine::owned_map_ids() const {
+  std::set<uint32_t> ids;
+  for (auto& [name, o] : outers_) {
+    for (int bank = 0; bank < o->banks(); ++bank) {
+      ids.insert(o->id[bank]);
+      for (auto& [slot, inner] : o->slots[bank]) {
+        if (inner->fd.valid()) ids.insert(inner->id);
+      }
+    }
+  }
+  for (auto& [name, g] : groups_) ids.insert(g->bank_id);
+  for (const PendingDrain& p : pending_) {
+    if (p.inner->fd.valid()) ids.insert(p.inner->id);
+  }
+  for (uint32_t id : writer_->own_map_ids()) ids.insert(id);
+  return {ids.begin(), ids.end()};
+}
+
+}  // namespace policyd::core

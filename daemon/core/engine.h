@@ -1,0 +1,142 @@
+// Engine: owns the outer maps and commits generations into them.
+//
+// Pipeline: validate -> build (new inner maps, parallel, any thread) -> commit (one committer:
+// all slot writes of a batch of generations in one round, i.e. one barrier; undo on failure)
+// -> drain (read replaced inner maps after the barrier, publish counters) -> close.
+//
+// Threading: validate() and build() are thread-safe and may run concurrently with the
+// committer. Every other non-const call belongs to the single committer thread; const queries
+// must also run on it (they read committer state).
+#pragma once
+
+#include <compare>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/builder.h"
+#include "core/model.h"
+#include "core/pin_paths.h"
+#include "core/slot_writer.h"
+#include "core/validate.h"
+#include "kernel/probe.h"
+#include "util/result.h"
+#include "util/worker_pool.h"
+
+namespace policyd::core {
+
+struct CommitReport {
+  uint64_t first_generation = 0;  // ids assigned to the batch, in acceptance order
+  uint64_t last_generation = 0;
+  size_t slots_written = 0;       // outer-map slot writes, banks included
+  size_t rounds = 0;              // write rounds + explicit barriers this commit waited for
+  double write_ms = 0;            // outer-map writes (their waits included)
+  double barrier_ms = 0;          // explicit barrier (atomic groups only)
+};
+
+struct SlotInfo {
+  Bytes slot;
+  uint32_t map_id = 0;
+  uint64_t installed_by = 0;
+};
+
+struct CounterKey {
+  std::string map;
+  Bytes slot;
+  std::string field;
+  auto operator<=>(const CounterKey&) const = default;
+};
+
+struct EngineStats {
+  uint64_t commits = 0;             // commit() calls that succeeded
+  uint64_t generations = 0;         // generations committed
+  uint64_t failed_commits = 0;
+  uint64_t drained_maps = 0;
+  uint64_t drained_entries = 0;
+  WriterStats writer;               // rounds, waiting calls, explicit barriers
+};
+
+class Engine {
+ public:
+  // Creates (and pins) or re-adopts every configured outer map. Probes the kernel when the
+  // barrier mode is kAuto. Refuses pinned maps that do not match the configuration.
+  [[nodiscard]] static Result<std::unique_ptr<Engine>> open(EngineConfig config);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  [[nodiscard]] Status validate(const Generation& gen) const;
+  [[nodiscard]] Result<BuiltGeneration> build(const Generation& gen);
+
+  // Commits a batch of built generations (acceptance order; later ones win per slot) behind one
+  // barrier. On a kernel failure every write of the batch is undone and the error returned.
+  [[nodiscard]] Result<CommitReport> commit(std::vector<BuiltGeneration> batch);
+  // Convenience: build + commit one generation.
+  [[nodiscard]] Result<CommitReport> push(const Generation& gen);
+  // Reads out and closes every inner map that left the data plane at an earlier commit.
+  [[nodiscard]] Result<std::vector<DrainRecord>> drain();
+
+  [[nodiscard]] uint64_t current_generation() const { return current_; }
+  [[nodiscard]] Strategy strategy() const { return writer_->strategy(); }
+  [[nodiscard]] const kernel::KernelFacts& kernel_facts() const { return facts_; }
+  [[nodiscard]] const PinPaths& pins() const { return pins_; }
+  [[nodiscard]] const MapConfigs& maps() const { return configs_; }
+  [[nodiscard]] EngineStats stats() const;
+  [[nodiscard]] size_t pending_drains() const { return pending_.size(); }
+
+  // The data plane's view of a map: for group members, the active bank.
+  [[nodiscard]] Result<std::vector<SlotInfo>> slots(const std::string& map) const;
+  [[nodiscard]] Result<int> outer_fd(const std::string& map) const;
+  // Counter sums of the inner map live in a slot; empty map when the slot is empty.
+  [[nodiscard]] Result<std::map<std::string, uint64_t>> live_counters(const std::string& map,
+                                                                      const Bytes& slot) const;
+  // Cumulative sums drained from replaced inner maps.
+  [[nodiscard]] const std::map<CounterKey, uint64_t>& drained_totals() const {
+    return drained_totals_;
+  }
+  // Ids of every BPF map policyd holds open: outer maps, bank words, live and pending inner
+  // maps, the barrier map. Tests compare it with the kernel's list to find leaks.
+  [[nodiscard]] std::vector<uint32_t> owned_map_ids() const;
+
+ private:
+  struct Outer;
+  struct Group;
+  struct PendingDrain {
+    InnerRef inner;
+    uint64_t replaced_by = 0;
+  };
+  struct Plan;
+
+  Engine(EngineConfig config, kernel::KernelFacts facts);
+  Status open_maps();
+  Status open_outer(Outer& outer, int bank, const std::string& kernel_name,
+                    const std::string& path);
+  Status open_group(Group& group);
+  Status adopt_slots(Outer& outer, int bank);
+  Result<const Outer*> find(const std::string& map) const;
+
+  Plan plan(std::vector<BuiltGeneration>& batch);
+  Status undo(Plan& plan, const RoundResult& round);
+  Status flip_groups(Plan& plan);
+
+  EngineConfig config_;
+  kernel::KernelFacts facts_;
+  PinPaths pins_;
+  MapConfigs configs_;
+  util::WorkerPool build_pool_;
+  util::WorkerPool barrier_pool_;
+  std::unique_ptr<SlotWriter> writer_;
+  std::map<std::string, std::unique_ptr<Outer>> outers_;
+  std::map<std::string, std::unique_ptr<Group>> groups_;
+  std::vector<PendingDrain> pending_;
+  std::map<CounterKey, uint64_t> drained_totals_;
+  uint64_t current_ = 0;
+  EngineStats stats_;
+};
+
+// Chooses the strategy for `mode` given what the probe measured.
+[[nodiscard]] Strategy choose_strategy(BarrierMode mode, const kernel::KernelFacts& facts);
+
+}  // namespace policyd::core

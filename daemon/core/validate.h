@@ -1,0 +1,20 @@
+// G1: a generation is checked completely before any kernel call. The first problem found is
+// returned as kInvalidArgument naming the change index, map, slot and entry.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "core/model.h"
+#include "util/result.h"
+
+namespace policyd::core {
+
+using MapConfigs = std::map<std::string, OuterMapConfig>;
+
+[[nodiscard]] Status validate_generation(const Generation& gen, const MapConfigs& maps);
+
+// Checks one outer-map configuration (names, sizes, template rules the kernel enforces).
+[[nodiscard]] Status validate_map_config(const OuterMapConfig& map);
+
+}  // namespace policyd::core

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Sets up a Debian 12 machine to build policyd, then tests it or runs it.
+#
+#   deploy/setup.sh test          install, build (warnings as errors), run every ctest suite
+#   deploy/setup.sh run [CONFIG]  install, build, exec the daemon (default config/policyd.yaml)
+#
+# Idempotent: packages are installed only when missing, the build tree is reused, and bpffs
+# is mounted only when it is not already. Needs root (apt, mount, and the privileged tests).
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO_ROOT
+readonly BUILD_DIR="${REPO_ROOT}/build"
+readonly BPFFS=/sys/fs/bpf
+
+# Everything the build, the tests and the daemon need from Debian 12.
+readonly PACKAGES=(
+  build-essential cmake ninja-build pkg-config
+  clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libspdlog-dev libfmt-dev libyaml-cpp-dev libboost-dev libsystemd-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  iproute2
+)
+
+usage() {
+  echo "usage: $0 test | run [CONFIG]" >&2
+  exit 2
+}
+
+log() { echo "setup: $*" >&2; }
+
+require_root() {
+  if [[ ${EUID} -ne 0 ]]; then
+    log "must run as root (apt-get, mounting bpffs, privileged BPF tests)"
+    exit 1
+  fi
+}
+
+is_installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+install_packages() {
+  local missing=() pkg
+  for pkg in "${PACKAGES[@]}"; do
+    is_installed "${pkg}" || missing+=("${pkg}")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    log "all ${#PACKAGES[@]} packages already installed"
+    return
+  fi
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+mount_bpffs() {
+  if mountpoint -q "${BPFFS}"; then
+    return
+  fi
+  log "mounting bpffs at ${BPFFS}"
+  mkdir -p "${BPFFS}"
+  mount -t bpf bpf "${BPFFS}"
+}
+
+# configure_and_build [extra cmake args...]
+configure_and_build() {
+  # A tree configured with another generator cannot be reconfigured with Ninja; start over.
+  if [[ -f "${BUILD_DIR}/CMakeCache.txt" ]] &&
+    ! grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja$' "${BUILD_DIR}/CMakeCache.txt"; then
+    log "build/ was configured with another generator; reconfiguring from scratch"
+    rm -rf "${BUILD_DIR}/CMakeCache.txt" "${BUILD_DIR}/CMakeFiles"
+  fi
+  cmake -S "${REPO_ROOT}" -B "${BUILD_DIR}" -G Ninja "$@"
+  cmake --build "${BUILD_DIR}" --parallel
+}
+
+cmd_test() {
+  configure_and_build -DPOLICYD_WERROR=ON
+  mount_bpffs
+  # CI must run the privileged suites, never skip them.
+  POLICYD_REQUIRE_PRIVILEGED=1 exec ctest --test-dir "${BUILD_DIR}" --output-on-failure
+}
+
+cmd_run() {
+  # A CONFIG given on the command line is relative to the caller's directory.
+  local config="${1:-${REPO_ROOT}/config/policyd.yaml}"
+  configure_and_build
+  mount_bpffs
+  local daemon="${BUILD_DIR}/daemon/app/policyd"
+  if [[ ! -x "${daemon}" ]]; then
+    log "the daemon binary ${daemon} is not built yet (daemon/app does not exist in this tree)"
+    exit 1
+  fi
+  exec "${daemon}" --config "${config}"
+}
+
+main() {
+  [[ $# -ge 1 ]] || usage
+  local cmd="$1"
+  shift
+  case "${cmd}" in
+    test)
+      [[ $# -eq 0 ]] || usage
+      require_root
+      install_packages
+      cmd_test
+      ;;
+    run)
+      [[ $# -le 1 ]] || usage
+      require_root
+      install_packages
+      cmd_run "$@"
+      ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"
