@@ -89,11 +89,8 @@ cmd_run() {
   local config="${1:-${REPO_ROOT}/config/policyd.yaml}"
   configure_and_build
   mount_bpffs
-  local daemon="${BUILD_DIR}/daemon/app/policyd"
-  if [[ ! -x "${daemon}" ]]; then
-    log "the daemon binary ${daemon} is not built yet (daemon/app does not exist in this tree)"
-    exit 1
-  fi
+  local daemon="${BUILD_DIR}/daemon/policyd"
+  log "starting ${daemon} --config ${config} (Ctrl-C stops it; pinned maps stay)"
   exec "${daemon}" --config "${config}"
 }
 

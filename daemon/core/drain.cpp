@@ -44,14 +44,28 @@ void add_counters(const InnerTemplate& inner, const uint8_t* value,
 
 Result<DrainRecord> drain_inner(const InnerMap& inner, const OuterMapConfig& map,
                                 uint64_t replaced_by) {
+  if (map.drain == DrainMode::kNone) {
+    DrainRecord rec;
+    rec.map = map.name;
+    rec.slot = inner.slot;
+    rec.map_id = inner.id;
+    rec.installed_by = inner.installed_by;
+    rec.replaced_by = replaced_by;
+    rec.mode = DrainMode::kNone;
+    return rec;
+  }
+  POLICYD_ASSIGN_OR_RETURN(DrainRecord rec, read_inner(inner, map));
+  rec.replaced_by = replaced_by;
+  return rec;
+}
+
+Result<DrainRecord> read_inner(const InnerMap& inner, const OuterMapConfig& map) {
   DrainRecord rec;
   rec.map = map.name;
   rec.slot = inner.slot;
   rec.map_id = inner.id;
   rec.installed_by = inner.installed_by;
-  rec.replaced_by = replaced_by;
-  rec.mode = map.drain;
-  if (map.drain == DrainMode::kNone) return rec;
+  rec.mode = DrainMode::kEntries;
   for (const CounterField& c : map.inner.counters) rec.counters[c.name] = 0;
 
   POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(inner.fd.get()));
@@ -68,7 +82,7 @@ Result<DrainRecord> drain_inner(const InnerMap& inner, const OuterMapConfig& map
     rec.entries.push_back(std::move(e));
   });
   if (!st.ok()) {
-    return st.error().wrap("drain map \"" + map.name + "\" slot " +
+    return st.error().wrap("read map \"" + map.name + "\" slot " +
                            slot_to_string(map.kind, inner.slot) + " (id " +
                            std::to_string(inner.id) + ")");
   }

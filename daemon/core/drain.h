@@ -13,7 +13,9 @@
 namespace policyd::core {
 
 // Reads every entry of `inner` (per-CPU values kept per CPU) and the counter sums.
-// With DrainMode::kNone only the counters are skipped too: nothing is read.
+[[nodiscard]] Result<DrainRecord> read_inner(const InnerMap& inner, const OuterMapConfig& map);
+
+// read_inner() for a map that left the data plane; with DrainMode::kNone nothing is read.
 [[nodiscard]] Result<DrainRecord> drain_inner(const InnerMap& inner, const OuterMapConfig& map,
                                               uint64_t replaced_by);
 

@@ -177,39 +177,45 @@ Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
 
 Status Engine::open_maps() {
   POLICYD_TRY(make_dirs(pins_.dir()));
-  for (const OuterMapConfig& m : config_.maps) configs_.emplace(m.name, m);
-  for (auto& [name, cfg] : configs_) {
+  return add_maps(config_.maps);
+}
+
+Status Engine::add_maps(const std::vector<OuterMapConfig>& maps) {
+  for (const OuterMapConfig& m : maps) {
+    POLICYD_TRY(validate_map_config(m));
+    if (configs_.count(m.name)) return invalid_argument("map \"" + m.name + "\" exists already");
+  }
+  for (const OuterMapConfig& m : maps) {
+    // std::map never moves its nodes: Outer::config stays valid as maps are added.
+    const OuterMapConfig& cfg = configs_.emplace(m.name, m).first->second;
     auto outer = std::make_unique<Outer>();
     outer->config = &cfg;
+    Group* new_group = nullptr;
     if (!cfg.group.empty()) {
       auto& group = groups_[cfg.group];
       if (!group) {
         group = std::make_unique<Group>();
         group->name = cfg.group;
+        new_group = group.get();
       }
       outer->group = group.get();
       group->members.push_back(outer.get());
     }
-    outers_.emplace(name, std::move(outer));
-  }
-  for (auto& [name, outer] : outers_) {
-    if (outer->group) {
+    Outer& o = *outers_.emplace(m.name, std::move(outer)).first->second;
+    if (o.group) {
       for (int bank = 0; bank < 2; ++bank) {
-        POLICYD_TRY(open_outer(*outer, bank, PinPaths::member_name(name, bank),
-                               pins_.member(name, bank)));
+        POLICYD_TRY(open_outer(o, bank, PinPaths::member_name(m.name, bank),
+                               pins_.member(m.name, bank)));
+      }
+      // The same inner map may sit in both banks of a group member: share one InnerRef.
+      for (auto& [slot, inner] : o.slots[1]) {
+        InnerRef other = find_slot(o.slots[0], slot);
+        if (other && other->id == inner->id) inner = other;
       }
     } else {
-      POLICYD_TRY(open_outer(*outer, 0, name, pins_.outer(name)));
+      POLICYD_TRY(open_outer(o, 0, m.name, pins_.outer(m.name)));
     }
-  }
-  for (auto& [name, group] : groups_) POLICYD_TRY(open_group(*group));
-  // The same inner map may sit in both banks of a group member: share one InnerRef.
-  for (auto& [name, outer] : outers_) {
-    if (!outer->group) continue;
-    for (auto& [slot, inner] : outer->slots[1]) {
-      InnerRef other = find_slot(outer->slots[0], slot);
-      if (other && other->id == inner->id) inner = other;
-    }
+    if (new_group) POLICYD_TRY(open_group(*new_group));
   }
   return {};
 }
@@ -592,6 +598,15 @@ Result<std::map<std::string, uint64_t>> Engine::live_counters(const std::string&
   InnerRef inner = find_slot(o->slots[o->active()], slot);
   if (!inner) return std::map<std::string, uint64_t>{};
   return read_counter_totals(inner->fd.get(), *o->config);
+}
+
+Result<DrainRecord> Engine::dump_slot(const std::string& map, const Bytes& slot) const {
+  POLICYD_ASSIGN_OR_RETURN(const Outer* o, find(map));
+  InnerRef inner = find_slot(o->slots[o->active()], slot);
+  if (!inner) {
+    return Error{ErrorCode::kNotFound, 0, describe(*o->config, slot) + " is empty"};
+  }
+  return read_inner(*inner, *o->config);
 }
 
 std::vector<uint32_t> Engine::owned_map_ids() const {

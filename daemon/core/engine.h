@@ -67,6 +67,10 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
+  // Creates (or adopts) outer maps added to the configuration, as open() does. Committer
+  // thread only, and no build() may run meanwhile (it reads the map configurations).
+  [[nodiscard]] Status add_maps(const std::vector<OuterMapConfig>& maps);
+
   [[nodiscard]] Status validate(const Generation& gen) const;
   [[nodiscard]] Result<BuiltGeneration> build(const Generation& gen);
 
@@ -92,6 +96,8 @@ class Engine {
   // Counter sums of the inner map live in a slot; empty map when the slot is empty.
   [[nodiscard]] Result<std::map<std::string, uint64_t>> live_counters(const std::string& map,
                                                                       const Bytes& slot) const;
+  // Entries of the inner map live in a slot (kNotFound when the slot is empty).
+  [[nodiscard]] Result<DrainRecord> dump_slot(const std::string& map, const Bytes& slot) const;
   // Cumulative sums drained from replaced inner maps.
   [[nodiscard]] const std::map<CounterKey, uint64_t>& drained_totals() const {
     return drained_totals_;

@@ -98,7 +98,8 @@ using Status = Result<void>;
 #define POLICYD_CONCAT_INNER_(a, b) a##b
 #define POLICYD_CONCAT_(a, b) POLICYD_CONCAT_INNER_(a, b)
 
-// Declares `lhs` from the value of a Result expression, or returns its error.
+// Declares `lhs` from the value of a Result expression, or returns its error. Expands to
+// several statements: never use it as the unbraced body of an if/else/for.
 #define POLICYD_ASSIGN_OR_RETURN(lhs, expr) \
   POLICYD_ASSIGN_OR_RETURN_IMPL_(POLICYD_CONCAT_(policyd_result_, __LINE__), lhs, expr)
 #define POLICYD_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \

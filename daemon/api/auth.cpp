@@ -1,0 +1,12 @@
+// The Authorizer's default description of a caller.
+#include "api/auth.h"
+
+#include <grpcpp/server_context.h>
+
+namespace policyd::api {
+
+std::string Authorizer::describe(const grpc::CallbackServerContext& ctx) const {
+  return ctx.peer();
+}
+
+}  // namespace policyd::api

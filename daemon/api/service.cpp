@@ -1,0 +1,624 @@
+// PolicyService: RPC handlers, the push stream, the event watchers and the reload thread.
+//
+// Reactor rules followed here (gRPC 1.51 callback API): every reactor is finished exactly once,
+// possibly from a committer thread; a reactor is touched only until its OnDone; no reactor call
+// is made while holding one of our mutexes.
+#include "api/service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "api/convert.h"
+#include "api/status.h"
+
+namespace policyd::api {
+namespace {
+
+grpc::Status unavailable() {
+  return to_grpc_status(Error{ErrorCode::kUnavailable, 0, "policyd is shutting down"});
+}
+
+grpc::Status not_found(std::string context) {
+  return to_grpc_status(Error{ErrorCode::kNotFound, 0, std::move(context)});
+}
+
+const config::MapSchema* find_schema(const config::DaemonConfig& config, const std::string& map) {
+  auto it = config.schemas.find(map);
+  return it == config.schemas.end() ? nullptr : &it->second;
+}
+
+const core::OuterMapConfig* find_map(const config::DaemonConfig& config, const std::string& map) {
+  for (const core::OuterMapConfig& m : config.engine.maps) {
+    if (m.name == map) return &m;
+  }
+  return nullptr;
+}
+
+// Runs on the committer thread. Maps in configuration order, then any the engine still holds
+// that the configuration no longer lists (kept by a reload).
+Result<v1::GetStateResponse> read_state(const core::Engine& engine, const core::CommitterView& view,
+                                        const config::DaemonConfig& config) {
+  v1::GetStateResponse out;
+  to_state_header(view, &out);
+  std::vector<const core::OuterMapConfig*> order;
+  for (const core::OuterMapConfig& m : config.engine.maps) {
+    auto it = engine.maps().find(m.name);
+    if (it != engine.maps().end()) order.push_back(&it->second);
+  }
+  for (const auto& [name, m] : engine.maps()) {
+    if (!find_map(config, name)) order.push_back(&m);
+  }
+  for (const core::OuterMapConfig* m : order) {
+    POLICYD_ASSIGN_OR_RETURN(std::vector<core::SlotInfo> live, engine.slots(m->name));
+    const std::string pin =
+        m->group.empty() ? engine.pins().outer(m->name) : engine.pins().member(m->name, 0);
+    to_map_state(*m, find_schema(config, m->name), pin, live, out.add_maps());
+  }
+  return out;
+}
+
+// Runs on the committer thread.
+Result<v1::GetCountersResponse> read_counters(const core::Engine& engine, const std::string& only) {
+  if (!only.empty() && !engine.maps().count(only)) {
+    return Error{ErrorCode::kNotFound, 0, "unknown map \"" + only + "\""};
+  }
+  CounterTable table;
+  add_drained(engine.drained_totals(), only, table);
+  for (const auto& [name, m] : engine.maps()) {
+    if ((!only.empty() && name != only) || m.inner.counters.empty()) continue;
+    POLICYD_ASSIGN_OR_RETURN(std::vector<core::SlotInfo> live, engine.slots(name));
+    for (const core::SlotInfo& s : live) {
+      POLICYD_ASSIGN_OR_RETURN(auto totals, engine.live_counters(name, s.slot));
+      table[{name, s.slot}].live = std::move(totals);
+    }
+  }
+  v1::GetCountersResponse out;
+  to_counters(table, engine.maps(), &out);
+  return out;
+}
+
+}  // namespace
+
+// ---- events --------------------------------------------------------------------------------
+
+// What the hub feeds one watcher: a bounded queue written one event at a time. Shared by the
+// hub and the watcher's reactor, so it outlives whichever of them goes first.
+//
+// Decisions are taken under `mu`; the reactor calls they lead to are made after unlocking
+// (gRPC could, in corner cases, run a reaction on the calling thread). That is safe because
+// while `writing` is set only the write's completion may touch the reactor, and once `finished`
+// is set only the one Finish call does; OnDone (which frees the reactor) comes after both.
+struct WatchFeed {
+  // What to do to the reactor once the lock is released.
+  struct Action {
+    const v1::Event* write = nullptr;
+    std::optional<grpc::Status> finish;
+  };
+
+  std::mutex mu;
+  grpc::ServerWriteReactor<v1::Event>* reactor = nullptr;  // valid until the reactor's OnDone
+  std::deque<v1::Event> queue;                             // front: being written
+  bool writing = false;
+  bool finished = false;                 // Finish called or decided: no more writes
+  std::optional<grpc::Status> deferred;  // Finish waiting for the write in flight
+
+  static void act(grpc::ServerWriteReactor<v1::Event>* r, Action a) {
+    if (a.write) r->StartWrite(a.write);
+    if (a.finish) r->Finish(std::move(*a.finish));
+  }
+
+  void offer(const v1::Event& event) {
+    Action a;
+    grpc::ServerWriteReactor<v1::Event>* r = nullptr;
+    {
+      std::lock_guard lock(mu);
+      if (finished) return;
+      r = reactor;
+      if (queue.size() >= kMaxWatchLag) {
+        a = finish_locked(to_grpc_status(
+            Error{ErrorCode::kResourceExhausted, 0,
+                  "watcher fell more than " + std::to_string(kMaxWatchLag) + " events behind"}));
+      } else {
+        queue.push_back(event);  // a deque keeps the front's address on push_back
+        if (!writing) {
+          writing = true;
+          a.write = &queue.front();
+        }
+      }
+    }
+    act(r, std::move(a));
+  }
+
+  void write_done(bool ok) {
+    Action a;
+    grpc::ServerWriteReactor<v1::Event>* r = nullptr;
+    {
+      std::lock_guard lock(mu);
+      r = reactor;
+      queue.pop_front();
+      writing = false;
+      if (deferred) {
+        a.finish = std::move(deferred);
+        deferred.reset();
+      } else if (finished) {
+        return;
+      } else if (!ok) {  // the stream is broken (cancelled, or the peer went away)
+        a = finish_locked(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      } else if (!queue.empty()) {
+        writing = true;
+        a.write = &queue.front();
+      }
+    }
+    act(r, std::move(a));
+  }
+
+  void cancel() {
+    Action a;
+    grpc::ServerWriteReactor<v1::Event>* r = nullptr;
+    {
+      std::lock_guard lock(mu);
+      if (finished) return;
+      r = reactor;
+      a = finish_locked(grpc::Status::CANCELLED);
+    }
+    act(r, std::move(a));
+  }
+
+  Action finish_locked(grpc::Status status) {
+    finished = true;
+    if (writing) {
+      // Finish once the write in flight is done; what was queued behind it is dropped.
+      queue.erase(queue.begin() + 1, queue.end());
+      deferred = std::move(status);
+      return {};
+    }
+    queue.clear();
+    return Action{nullptr, std::move(status)};
+  }
+};
+
+// The service's one committer listener: converts each event once and fans it out.
+class PolicyService::EventHub final : public core::EventListener {
+ public:
+  explicit EventHub(ConfigSource config) : config_(std::move(config)) {}
+
+  void on_committed(const core::CommittedEvent& e) override {
+    if (!enter()) return;
+    publish(to_event(e, unix_ms_now()));
+    leave();
+  }
+
+  void on_drained(const core::DrainedEvent& e) override {
+    if (!enter()) return;
+    core::OuterKind kind = core::OuterKind::kHash;  // hex, for a map no longer configured
+    if (auto cfg = config_()) {
+      if (const core::OuterMapConfig* m = find_map(*cfg, e.record.map)) kind = m->kind;
+    }
+    publish(to_event(e, kind, unix_ms_now()));
+    leave();
+  }
+
+  void publish(const v1::Event& event) {
+    std::vector<std::shared_ptr<WatchFeed>> feeds;
+    {
+      std::lock_guard lock(mu_);
+      feeds = feeds_;
+    }
+    for (auto& f : feeds) f->offer(event);
+  }
+
+  void add(std::shared_ptr<WatchFeed> feed) {
+    std::lock_guard lock(mu_);
+    feeds_.push_back(std::move(feed));
+  }
+
+  // Watchers still being fed (a finished one may wait a while for its last write).
+  size_t active() {
+    std::lock_guard lock(mu_);
+    size_t n = 0;
+    for (auto& f : feeds_) {
+      std::lock_guard feed_lock(f->mu);
+      n += f->finished ? 0 : 1;
+    }
+    return n;
+  }
+
+  void remove(const WatchFeed* feed) {
+    std::lock_guard lock(mu_);
+    std::erase_if(feeds_, [&](const auto& f) { return f.get() == feed; });
+  }
+
+  // After close() returns no listener call is running or will run (the committer may still
+  // hold the hub for a moment after remove_listener).
+  void close() {
+    std::unique_lock lock(mu_);
+    closed_ = true;
+    idle_.wait(lock, [&] { return active_ == 0; });
+  }
+
+ private:
+  bool enter() {
+    std::lock_guard lock(mu_);
+    if (closed_) return false;
+    ++active_;
+    return true;
+  }
+  void leave() {
+    std::lock_guard lock(mu_);
+    if (--active_ == 0) idle_.notify_all();
+  }
+
+  ConfigSource config_;
+  std::mutex mu_;
+  std::condition_variable idle_;
+  std::vector<std::shared_ptr<WatchFeed>> feeds_;
+  int active_ = 0;
+  bool closed_ = false;
+};
+
+class PolicyService::Watcher final : public grpc::ServerWriteReactor<v1::Event> {
+ public:
+  Watcher(std::shared_ptr<EventHub> hub, const grpc::Status& denied)
+      : hub_(std::move(hub)), feed_(std::make_shared<WatchFeed>()) {
+    feed_->reactor = this;
+    if (!denied.ok()) {
+      feed_->finished = true;
+      Finish(denied);
+      return;
+    }
+    // Headers go out at once, so a client can wait for them to know the watch is in place
+    // before it acts (ClientReader::WaitForInitialMetadata).
+    StartSendInitialMetadata();
+    hub_->add(feed_);
+  }
+
+  void OnWriteDone(bool ok) override { feed_->write_done(ok); }
+
+  void OnCancel() override { feed_->cancel(); }
+
+  void OnDone() override {
+    hub_->remove(feed_.get());
+    {
+      std::lock_guard lock(feed_->mu);
+      feed_->reactor = nullptr;
+    }
+    delete this;
+  }
+
+ private:
+  std::shared_ptr<EventHub> hub_;
+  std::shared_ptr<WatchFeed> feed_;
+};
+
+// ---- push stream ---------------------------------------------------------------------------
+
+class PolicyService::PushStream final : public grpc::ServerReadReactor<v1::PushGenerationRequest> {
+ public:
+  PushStream(core::Committer& committer, std::shared_ptr<const config::DaemonConfig> config,
+             grpc::CallbackServerContext* ctx, v1::PushGenerationResponse* response,
+             const grpc::Status& denied)
+      : committer_(committer),
+        config_(std::move(config)),
+        assembler_(*config_),
+        ctx_(ctx),
+        response_(response) {
+    if (!denied.ok()) {
+      Finish(denied);
+      return;
+    }
+    StartRead(&message_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      Status st = assembler_.add(message_);
+      if (!st.ok()) {
+        Finish(to_grpc_status(st.error()));
+        return;
+      }
+      message_.Clear();
+      StartRead(&message_);
+      return;
+    }
+    // No more messages: the client half-closed, or went away. Only the former commits.
+    if (ctx_->IsCancelled()) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "push stream cancelled; nothing committed"));
+      return;
+    }
+    if (assembler_.messages() == 0) {
+      Finish(to_grpc_status(invalid_argument("the push stream carried no message")));
+      return;
+    }
+    committer_.push(assembler_.take(), [this](Result<core::PushResult> r) {
+      if (!r.ok()) {
+        Finish(to_grpc_status(r.error()));
+        return;
+      }
+      to_proto(*r, response_);
+      Finish(grpc::Status::OK);
+    });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  core::Committer& committer_;
+  std::shared_ptr<const config::DaemonConfig> config_;  // the assembler refers to it
+  PushAssembler assembler_;
+  grpc::CallbackServerContext* ctx_;
+  v1::PushGenerationResponse* response_;
+  v1::PushGenerationRequest message_;
+};
+
+// ---- reloads -------------------------------------------------------------------------------
+
+// Reload hooks block (file I/O, waits for the committer): they run here, one at a time, never
+// on a gRPC thread. Jobs queued when the service goes away still run, so their RPCs finish.
+class PolicyService::ReloadThread {
+ public:
+  ReloadThread() : thread_([this] { loop(); }) {}
+  ~ReloadThread() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  ReloadThread(const ReloadThread&) = delete;
+  ReloadThread& operator=(const ReloadThread&) = delete;
+
+  void run(std::function<void()> job) {
+    {
+      std::lock_guard lock(mu_);
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: starts after the members it uses
+};
+
+// ---- the service ---------------------------------------------------------------------------
+
+PolicyService::PolicyService(core::Committer& committer, ConfigSource config,
+                             std::shared_ptr<const Authorizer> authorizer, ReloadHook reload)
+    : committer_(committer),
+      config_(std::move(config)),
+      authorizer_(std::move(authorizer)),
+      reload_(std::move(reload)),
+      hub_(std::make_shared<EventHub>(config_)),
+      reload_thread_(std::make_unique<ReloadThread>()) {
+  committer_.add_listener(hub_);
+}
+
+PolicyService::~PolicyService() {
+  reload_thread_.reset();  // finishes queued reloads, which publish through the hub
+  committer_.remove_listener(hub_.get());
+  hub_->close();
+}
+
+void PolicyService::publish_reloaded(const ReloadSummary& summary) {
+  hub_->publish(to_event(summary, unix_ms_now()));
+}
+
+size_t PolicyService::watchers() const { return hub_->active(); }
+
+grpc::Status PolicyService::authorize(const grpc::CallbackServerContext& ctx, Access need,
+                                      const char* rpc) const {
+  const Access have = authorizer_ ? authorizer_->access(ctx) : Access::kNone;
+  if (permits(have, need)) return grpc::Status::OK;
+  const std::string who = authorizer_ ? authorizer_->describe(ctx) : ctx.peer();
+  const std::string why = std::string(rpc) + " needs " + to_string(need) + " access; the caller (" +
+                          who + ") has " + to_string(have);
+  spdlog::warn("refused: {}", why);
+  return to_grpc_status(Error{ErrorCode::kPermissionDenied, 0, why});
+}
+
+grpc::ServerUnaryReactor* PolicyService::PushGeneration(grpc::CallbackServerContext* ctx,
+                                                        const v1::PushGenerationRequest* request,
+                                                        v1::PushGenerationResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = authorize(*ctx, Access::kWrite, "PushGeneration"); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  Result<core::PushRequest> req = to_push_request(*request, *config_());
+  if (!req.ok()) {
+    reactor->Finish(to_grpc_status(req.error()));
+    return reactor;
+  }
+  committer_.push(std::move(req).value(), [reactor, response](Result<core::PushResult> r) {
+    if (!r.ok()) {
+      reactor->Finish(to_grpc_status(r.error()));
+      return;
+    }
+    to_proto(*r, response);
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerReadReactor<v1::PushGenerationRequest>* PolicyService::PushGenerationStream(
+    grpc::CallbackServerContext* ctx, v1::PushGenerationResponse* response) {
+  return new PushStream(committer_, config_(), ctx, response,
+                        authorize(*ctx, Access::kWrite, "PushGenerationStream"));
+}
+
+grpc::ServerUnaryReactor* PolicyService::GetState(grpc::CallbackServerContext* ctx,
+                                                  const v1::GetStateRequest* /*request*/,
+                                                  v1::GetStateResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = authorize(*ctx, Access::kRead, "GetState"); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  committer_.post(
+      [reactor, response, config = config_(), &committer = committer_](core::Engine* engine) {
+        if (!engine) {
+          reactor->Finish(unavailable());
+          return;
+        }
+        // Posts run between commits: the view matches the engine's slots.
+        Result<v1::GetStateResponse> state = read_state(*engine, *committer.view(), *config);
+        if (!state.ok()) {
+          reactor->Finish(to_grpc_status(state.error()));
+          return;
+        }
+        *response = std::move(state).value();
+        reactor->Finish(grpc::Status::OK);
+      });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PolicyService::ListGenerations(
+    grpc::CallbackServerContext* ctx, const v1::ListGenerationsRequest* /*request*/,
+    v1::ListGenerationsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = authorize(*ctx, Access::kRead, "ListGenerations"); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  to_list_generations(*committer_.view(), response);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PolicyService::Rollback(grpc::CallbackServerContext* ctx,
+                                                  const v1::RollbackRequest* request,
+                                                  v1::RollbackResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = authorize(*ctx, Access::kWrite, "Rollback"); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  // "The one before the current" (0) is resolved by the committer at commit time.
+  committer_.rollback(request->generation(), request->expected_generation(), request->request_id(),
+                      [reactor, response](Result<core::PushResult> r) {
+                        if (!r.ok()) {
+                          reactor->Finish(to_grpc_status(r.error()));
+                          return;
+                        }
+                        response->set_generation(r->generation);
+                        response->set_restored(r->restored);
+                        reactor->Finish(grpc::Status::OK);
+                      });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PolicyService::GetCounters(grpc::CallbackServerContext* ctx,
+                                                     const v1::GetCountersRequest* request,
+                                                     v1::GetCountersResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = authorize(*ctx, Access::kRead, "GetCounters"); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  committer_.post([reactor, response, only = request->map()](core::Engine* engine) {
+    if (!engine) {
+      reactor->Finish(unavailable());
+      return;
+    }
+    Result<v1::GetCountersResponse> counters = read_counters(*engine, only);
+    if (!counters.ok()) {
+      reactor->Finish(to_grpc_status(counters.error()));
+      return;
+    }
+    *response = std::move(counters).value();
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PolicyService::DumpSlot(grpc::CallbackServerContext* ctx,
+                                                  const v1::DumpSlotRequest* request,
+                                                  v1::DumpSlotResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = authorize(*ctx, Access::kRead, "DumpSlot"); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  std::shared_ptr<const config::DaemonConfig> config = config_();
+  const core::OuterMapConfig* map = find_map(*config, request->map());
+  if (!map) {
+    reactor->Finish(not_found("unknown map \"" + request->map() + "\""));
+    return reactor;
+  }
+  const config::MapSchema* schema = find_schema(*config, map->name);
+  Result<core::Bytes> slot = to_slot(request->slot(), *map, schema, "slot");
+  if (!slot.ok()) {
+    reactor->Finish(to_grpc_status(slot.error()));
+    return reactor;
+  }
+  committer_.post([reactor, response, config, map, schema,
+                   slot = std::move(slot).value()](core::Engine* engine) {
+    if (!engine) {
+      reactor->Finish(unavailable());
+      return;
+    }
+    Result<core::DrainRecord> dump = engine->dump_slot(map->name, slot);
+    if (!dump.ok()) {
+      reactor->Finish(to_grpc_status(dump.error()));
+      return;
+    }
+    to_dump(*dump, *map, schema, response);
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PolicyService::ReloadConfig(grpc::CallbackServerContext* ctx,
+                                                      const v1::ReloadConfigRequest* /*request*/,
+                                                      v1::ReloadConfigResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = authorize(*ctx, Access::kWrite, "ReloadConfig"); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  reload_thread_->run([this, reactor, response] {
+    Result<ReloadSummary> summary =
+        reload_ ? reload_()
+                : Result<ReloadSummary>(failed_precondition("this server cannot reload"));
+    if (!summary.ok()) {
+      reactor->Finish(to_grpc_status(summary.error()));
+      return;
+    }
+    to_proto(*summary, response);
+    publish_reloaded(*summary);
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::Event>* PolicyService::WatchEvents(
+    grpc::CallbackServerContext* ctx, const v1::WatchEventsRequest* /*request*/) {
+  return new Watcher(hub_, authorize(*ctx, Access::kRead, "WatchEvents"));
+}
+
+}  // namespace policyd::api

@@ -1,0 +1,87 @@
+// PolicyService: the policyd.v1.Policy gRPC service (callback API). Handlers never block on the
+// kernel: pushes and rollbacks go to the committer and finish from its callback; reads of live
+// kernel state (GetState, GetCounters, DumpSlot) run as committer posts; history reads use the
+// committer's view; reloads run on the service's own thread.
+// Includes grpcpp: only the app and tests include this header.
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "api/auth.h"
+#include "api/reload.h"
+#include "config/config.h"
+#include "core/committer.h"
+#include "policyd/v1/policyd.grpc.pb.h"
+
+namespace policyd::api {
+
+// A watcher further behind than this many events is dropped with RESOURCE_EXHAUSTED.
+inline constexpr size_t kMaxWatchLag = 10000;
+
+class PolicyService final : public v1::Policy::CallbackService {
+ public:
+  // The current configuration (a reload may swap it); never returns null.
+  using ConfigSource = std::function<std::shared_ptr<const config::DaemonConfig>()>;
+
+  // `committer` must outlive the service, and the service must outlive the grpc::Server that
+  // serves it (destroy the server, or Shutdown() + Wait() it, first). Registers an event
+  // listener with the committer; the destructor removes it.
+  PolicyService(core::Committer& committer, ConfigSource config,
+                std::shared_ptr<const Authorizer> authorizer, ReloadHook reload);
+  ~PolicyService() override;
+  PolicyService(const PolicyService&) = delete;
+  PolicyService& operator=(const PolicyService&) = delete;
+
+  // Sends a Reloaded event to every watcher. ReloadConfig calls it itself after a successful
+  // reload; the app calls it after a SIGHUP reload. Thread-safe, never blocks.
+  void publish_reloaded(const ReloadSummary& summary);
+
+  // WatchEvents streams being fed right now (a metrics gauge; tests wait on it).
+  [[nodiscard]] size_t watchers() const;
+
+  grpc::ServerUnaryReactor* PushGeneration(grpc::CallbackServerContext* ctx,
+                                           const v1::PushGenerationRequest* request,
+                                           v1::PushGenerationResponse* response) override;
+  grpc::ServerReadReactor<v1::PushGenerationRequest>* PushGenerationStream(
+      grpc::CallbackServerContext* ctx, v1::PushGenerationResponse* response) override;
+  grpc::ServerUnaryReactor* GetState(grpc::CallbackServerContext* ctx,
+                                     const v1::GetStateRequest* request,
+                                     v1::GetStateResponse* response) override;
+  grpc::ServerUnaryReactor* ListGenerations(grpc::CallbackServerContext* ctx,
+                                            const v1::ListGenerationsRequest* request,
+                                            v1::ListGenerationsResponse* response) override;
+  grpc::ServerUnaryReactor* Rollback(grpc::CallbackServerContext* ctx,
+                                     const v1::RollbackRequest* request,
+                                     v1::RollbackResponse* response) override;
+  grpc::ServerUnaryReactor* GetCounters(grpc::CallbackServerContext* ctx,
+                                        const v1::GetCountersRequest* request,
+                                        v1::GetCountersResponse* response) override;
+  grpc::ServerUnaryReactor* DumpSlot(grpc::CallbackServerContext* ctx,
+                                     const v1::DumpSlotRequest* request,
+                                     v1::DumpSlotResponse* response) override;
+  grpc::ServerUnaryReactor* ReloadConfig(grpc::CallbackServerContext* ctx,
+                                         const v1::ReloadConfigRequest* request,
+                                         v1::ReloadConfigResponse* response) override;
+  grpc::ServerWriteReactor<v1::Event>* WatchEvents(grpc::CallbackServerContext* ctx,
+                                                   const v1::WatchEventsRequest* request) override;
+
+ private:
+  class EventHub;
+  class Watcher;
+  class PushStream;
+  class ReloadThread;
+
+  // OK when the caller has `need`; else PERMISSION_DENIED naming the RPC.
+  grpc::Status authorize(const grpc::CallbackServerContext& ctx, Access need,
+                         const char* rpc) const;
+
+  core::Committer& committer_;
+  ConfigSource config_;
+  std::shared_ptr<const Authorizer> authorizer_;
+  ReloadHook reload_;
+  std::shared_ptr<EventHub> hub_;
+  std::unique_ptr<ReloadThread> reload_thread_;
+};
+
+}  // namespace policyd::api

@@ -1,0 +1,259 @@
+// Daemon wiring: engine -> committer -> gRPC service/server -> unix listener -> signals.
+#include "app/daemon.h"
+
+#include <utility>  // before Boost.Asio with g++ 12 in C++20
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server_posix.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "api/service.h"
+#include "app/peers.h"
+#include "app/unix_listener.h"
+#include "core/committer.h"
+#include "core/engine.h"
+
+namespace policyd::app {
+namespace {
+
+// After the committer has answered every accepted push, what remains are streams and idle
+// connections: they get this long to close on their own.
+constexpr auto kShutdownGrace = std::chrono::milliseconds(300);
+
+Result<std::string> read_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return sys_error(errno, "read " + path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// What differs between two configurations of the same map, or "" when nothing that matters to
+// the kernel or the schema does.
+std::string map_change(const core::OuterMapConfig& a, const config::MapSchema& sa,
+                       const core::OuterMapConfig& b, const config::MapSchema& sb) {
+  auto layout_eq = [](const ctl::Layout& x, const ctl::Layout& y) {
+    if (x.size != y.size || x.fields.size() != y.fields.size()) return false;
+    for (size_t i = 0; i < x.fields.size(); ++i) {
+      const ctl::Field& f = x.fields[i];
+      const ctl::Field& g = y.fields[i];
+      if (f.name != g.name || f.type != g.type || f.offset != g.offset || f.counter != g.counter) {
+        return false;
+      }
+    }
+    return true;
+  };
+  if (a.kind != b.kind) return "type";
+  if (a.slots != b.slots) return "slots";
+  if (a.group != b.group) return "group";
+  if (a.drain != b.drain) return "drain";
+  if (a.inner.type != b.inner.type) return "inner.type";
+  if (a.inner.max_entries != b.inner.max_entries) return "inner.max_entries";
+  if (a.inner.flags != b.inner.flags) return "inner.flags";
+  if (!layout_eq(sa.key, sb.key)) return "inner.key";
+  if (!layout_eq(sa.value, sb.value)) return "inner.value";
+  if (sa.slot_key.has_value() != sb.slot_key.has_value() ||
+      (sa.slot_key && !layout_eq(*sa.slot_key, *sb.slot_key))) {
+    return "slot_key";
+  }
+  return "";
+}
+
+}  // namespace
+
+void configure_logging(const std::string& level) {
+  spdlog::set_level(spdlog::level::from_str(level));
+  // Under systemd, journald stamps every line itself.
+  if (std::getenv("JOURNAL_STREAM")) spdlog::set_pattern("[%l] %v");
+}
+
+struct Daemon::Impl {
+  std::string config_path;
+  mutable std::mutex config_mu;
+  std::mutex reload_mu;  // one reload at a time (SIGHUP and ReloadConfig may race)
+  std::shared_ptr<const config::DaemonConfig> config;
+
+  boost::asio::io_context io;
+  boost::asio::signal_set signals{io};
+  std::unique_ptr<core::Committer> committer;
+  std::shared_ptr<PeerAuthorizer> authorizer;
+  std::unique_ptr<api::PolicyService> service;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<UnixListener> listener;
+  bool stopping = false;
+
+  std::shared_ptr<const config::DaemonConfig> current_config() const {
+    std::lock_guard lock(config_mu);
+    return config;
+  }
+
+  // Re-reads the file, validates all of it, refuses incompatible changes to existing maps
+  // (naming map and field; the old config keeps running), creates new maps, keeps maps the
+  // file no longer lists, and applies log level, allow-lists and limits live.
+  Result<api::ReloadSummary> reload() {
+    std::lock_guard reload_lock(reload_mu);
+    POLICYD_ASSIGN_OR_RETURN(std::string text, read_file(config_path));
+    POLICYD_ASSIGN_OR_RETURN(config::DaemonConfig next, config::parse_config(text, config_path));
+    auto old = current_config();
+    if (next.engine.pin_dir != old->engine.pin_dir || next.api.socket != old->api.socket) {
+      return failed_precondition("reload refused: pin_dir and api.socket need a restart");
+    }
+    api::ReloadSummary summary;
+    std::map<std::string, const core::OuterMapConfig*> old_maps;
+    for (const auto& m : old->engine.maps) old_maps[m.name] = &m;
+    const std::vector<std::string> served = committer->view()->maps;
+    std::vector<core::OuterMapConfig> added;
+    for (const auto& m : next.engine.maps) {
+      auto it = old_maps.find(m.name);
+      if (it == old_maps.end()) {
+        if (std::find(served.begin(), served.end(), m.name) != served.end()) {
+          return failed_precondition("reload refused: map \"" + m.name +
+                                     "\" exists in the engine but not in the running config");
+        }
+        added.push_back(m);
+        continue;
+      }
+      const std::string what = map_change(*it->second, old->schemas.at(m.name), m,
+                                          next.schemas.at(m.name));
+      if (!what.empty()) {
+        return failed_precondition("reload refused: map \"" + m.name + "\" changed its " + what +
+                                   "; an existing map keeps its layout (use a new name)");
+      }
+      old_maps.erase(it);
+    }
+    if (next.remove_unlisted_maps && !old_maps.empty()) {
+      return failed_precondition(
+          "reload refused: remove_unlisted_maps would remove map \"" + old_maps.begin()->first +
+          "\"; removing maps is not supported yet (unpin it by hand after a restart)");
+    }
+    // Maps missing from the file stay in the engine: keep serving them.
+    for (const auto& [name, m] : old_maps) {
+      summary.kept.push_back(name);
+      next.engine.maps.push_back(*m);
+      next.schemas.emplace(name, old->schemas.at(name));
+    }
+    if (!added.empty()) POLICYD_TRY(committer->add_maps(added));
+    for (const auto& m : added) summary.added.push_back(m.name);
+    configure_logging(next.log_level);
+    authorizer->set_api_config(next.api);
+    {
+      std::lock_guard lock(config_mu);
+      config = std::make_shared<const config::DaemonConfig>(std::move(next));
+    }
+    spdlog::info("reloaded {}: {} map(s) added, {} kept though no longer listed", config_path,
+                 summary.added.size(), summary.kept.size());
+    return summary;
+  }
+
+  void on_signal(const boost::system::error_code& ec, int sig) {
+    if (ec) return;
+    if (sig == SIGHUP) {
+      Result<api::ReloadSummary> r = reload();
+      if (r.ok()) service->publish_reloaded(*r);
+      else spdlog::error("SIGHUP: {}", r.error().message());
+      wait_signals();
+      return;
+    }
+    spdlog::info("{}: stopping (finishing commits in flight)", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    shutdown();
+  }
+
+  void wait_signals() {
+    signals.async_wait([this](const boost::system::error_code& ec, int sig) { on_signal(ec, sig); });
+  }
+
+  void shutdown() {
+    if (stopping) return;
+    stopping = true;
+    if (listener) listener->close();
+    // Every push already accepted is committed and acked (new ones get UNAVAILABLE); then the
+    // server cancels what is left (WatchEvents streams, idle connections) after a short grace.
+    committer->stop();
+    if (server) server->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
+    io.stop();
+  }
+};
+
+Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Daemon::~Daemon() {
+  if (impl_) {
+    impl_->shutdown();
+    if (impl_->server) impl_->server->Wait();
+  }
+}
+
+Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
+  auto impl = std::make_unique<Impl>();
+  impl->config_path = cfg.path;
+  configure_logging(cfg.log_level);
+  impl->config = std::make_shared<const config::DaemonConfig>(cfg);
+
+  POLICYD_ASSIGN_OR_RETURN(std::unique_ptr<core::Engine> engine, core::Engine::open(cfg.engine));
+  core::CommitterOptions options;
+  options.history = cfg.history;
+  impl->committer = std::make_unique<core::Committer>(std::move(engine), options);
+
+  impl->authorizer = std::make_shared<PeerAuthorizer>(cfg.api);
+  Impl* self = impl.get();
+  impl->service = std::make_unique<api::PolicyService>(
+      *impl->committer, [self] { return self->current_config(); }, impl->authorizer,
+      [self]() -> Result<api::ReloadSummary> {
+        // ReloadConfig runs on a gRPC thread; reloads are serialised by the config mutex
+        // inside and touch only thread-safe pieces.
+        return self->reload();
+      });
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.limits.max_message_bytes));
+  if (cfg.api.tls) {
+    auto read_pem = [](const std::string& path) { return read_file(path); };
+    POLICYD_ASSIGN_OR_RETURN(std::string cert, read_pem(cfg.api.tls->cert));
+    POLICYD_ASSIGN_OR_RETURN(std::string key, read_pem(cfg.api.tls->key));
+    POLICYD_ASSIGN_OR_RETURN(std::string ca, read_pem(cfg.api.tls->client_ca));
+    grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_root_certs = ca;
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    builder.AddListeningPort(cfg.api.tls->listen, grpc::SslServerCredentials(ssl));
+  }
+  impl->server = builder.BuildAndStart();
+  if (!impl->server) return Error{ErrorCode::kInternal, 0, "gRPC server failed to start"};
+
+  POLICYD_ASSIGN_OR_RETURN(impl->listener, UnixListener::open(impl->io, cfg.api));
+  impl->listener->start([self](kernel::UniqueFd conn, PeerIdentity peer) {
+    spdlog::debug("connection from pid {} uid {} gid {}", peer.pid, peer.uid, peer.gid);
+    self->authorizer->register_connection(conn.get(), std::move(peer));
+    grpc::AddInsecureChannelFromFd(self->server.get(), conn.release());  // gRPC owns it now
+  });
+
+  impl->signals.add(SIGTERM);
+  impl->signals.add(SIGINT);
+  impl->signals.add(SIGHUP);
+  impl->wait_signals();
+  spdlog::info("policyd listening on {}{}; generation {}", cfg.api.socket,
+               cfg.api.tls ? " and " + cfg.api.tls->listen + " (mutual TLS)" : "",
+               impl->committer->view()->generation);
+  return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
+}
+
+int Daemon::run() {
+  impl_->io.run();
+  if (impl_->server) impl_->server->Wait();
+  spdlog::info("stopped; pinned maps keep generation {}", impl_->committer->view()->generation);
+  return 0;
+}
+
+}  // namespace policyd::app

@@ -1,0 +1,124 @@
+// Committer: the one thread that mutates outer maps. Accepts pushes from any thread (never
+// blocking on the kernel), builds them in acceptance order on a builder thread while the
+// previous commit waits for its barrier, commits everything built so far as one batch (group
+// commit, one barrier), acks each push after the barrier, then drains the replaced inner maps
+// and publishes events.
+//
+// Ordering (G9): generations commit in acceptance order. `expected_generation` is checked at
+// commit time against the generation current after every push accepted before it.
+// Idempotency: a push whose request_id was seen returns the original result (and waits for it
+// if still in flight); ids are remembered for the last kRememberedRequests pushes.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/engine.h"
+#include "core/model.h"
+#include "util/result.h"
+
+namespace policyd::core {
+
+struct PushRequest {
+  Generation generation;
+  uint64_t expected_generation = 0;  // 0: no check
+  std::string request_id;            // empty: not idempotent
+};
+
+struct PushResult {
+  uint64_t generation = 0;
+  uint32_t batch_size = 0;  // generations committed under the same barrier
+  bool replayed = false;    // the result of an earlier push with the same request_id
+  uint64_t restored = 0;    // rollbacks: the generation whose state was re-committed
+};
+
+using PushCallback = std::function<void(Result<PushResult>)>;
+
+// The data-plane contents of a slot as pushed (counter fields zeroed); shared between
+// snapshots so that each history record costs only the slots it changed.
+using SlotContents = std::shared_ptr<const std::vector<Entry>>;
+using StateSnapshot = std::map<std::pair<std::string, Bytes>, SlotContents>;
+
+struct GenerationRecord {
+  uint64_t id = 0;
+  std::string label;
+  int64_t committed_unix_ms = 0;
+  uint32_t changes = 0;
+  uint64_t entries = 0;
+  std::string request_id;
+  std::shared_ptr<const StateSnapshot> state;  // every slot after this generation
+};
+
+// Events, delivered on the committer thread: listeners must not block.
+struct CommittedEvent {
+  std::vector<uint64_t> generations;
+  std::vector<std::string> labels;
+  size_t slots_written = 0;
+  double build_ms = 0, swap_ms = 0, barrier_ms = 0;
+};
+struct DrainedEvent {
+  DrainRecord record;
+};
+struct EventListener {
+  virtual ~EventListener() = default;
+  virtual void on_committed(const CommittedEvent& e) = 0;
+  virtual void on_drained(const DrainedEvent& e) = 0;
+};
+
+// A consistent, cheap copy of what readers need, refreshed after every commit.
+struct CommitterView {
+  uint64_t generation = 0;
+  std::string label;
+  std::vector<GenerationRecord> history;  // newest first
+  EngineStats stats;
+  Strategy strategy = Strategy::kBatch;
+  std::string kernel;
+  std::vector<std::string> maps;  // outer maps the engine serves
+};
+
+struct CommitterOptions {
+  uint32_t history = 16;
+  size_t remembered_requests = 4096;
+};
+
+class Committer {
+ public:
+  Committer(std::unique_ptr<Engine> engine, CommitterOptions options);
+  ~Committer();  // stop()
+  Committer(const Committer&) = delete;
+  Committer& operator=(const Committer&) = delete;
+
+  // Thread-safe. `done` runs on the committer (or builder) thread exactly once. After stop()
+  // pushes fail with kUnavailable.
+  void push(PushRequest request, PushCallback done);
+  // Re-commits the state after generation `generation` (0: the one before current) as a new
+  // generation. kNotFound when it left the bounded history.
+  void rollback(uint64_t generation, uint64_t expected_generation, std::string request_id,
+                PushCallback done);
+  // Runs `fn` on the committer thread between commits (engine reads: counters, dumps, slots).
+  // After stop(), runs it with a null engine.
+  void post(std::function<void(Engine*)> fn);
+
+  // Creates the outer maps a reloaded configuration adds. Blocks until the committer has done
+  // it (between commits, with the builder paused). Never call it from the committer thread.
+  [[nodiscard]] Status add_maps(std::vector<OuterMapConfig> maps);
+
+  [[nodiscard]] std::shared_ptr<const CommitterView> view() const;
+  void add_listener(std::shared_ptr<EventListener> listener);
+  void remove_listener(const EventListener* listener);
+
+  // Refuses new work, finishes every push already accepted, drains, joins the threads.
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace policyd::core

@@ -1,0 +1,494 @@
+// policyd_grpc_bench: what the daemon costs a client, measured against the kernel in the same
+// run. Starts the real policyd (like the e2e fixture: private bpffs, temp socket) and measures
+//   1. push->ack latency of a 64-slot generation through gRPC vs one raw outer-map update
+//      (the barrier unit), samples interleaved in random order;
+//   2. 32 concurrent pushers vs one pusher at a time: generations committed per barrier (from
+//      GetState's barriers / generations_committed deltas) and throughput (generations/s).
+// Prints medians, p90 and ratios with PASS/MISS against the targets. Not a test: it asserts
+// nothing about speed and exits 0 whenever it ran (77: bpf not permitted, 1: setup failed).
+#include <grpcpp/grpcpp.h>
+#include <linux/bpf.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <latch>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon_fixture.h"
+#include "kernel/map.h"
+#include "kernel/unique_fd.h"
+#include "support/bpffs.h"
+#include "util/result.h"
+
+namespace policyd::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using e2e::Bytes;
+namespace v1 = ::policyd::v1;
+
+constexpr int kExitSkip = 77;
+constexpr uint32_t kSlots = 64;
+constexpr uint32_t kEntries = 4;            // per inner map
+constexpr double kLatencyTarget = 2.0;      // 64-slot push->ack / one raw outer update, at most
+constexpr double kPerBarrierTarget = 8.0;   // generations per barrier with 32 pushers, at least
+constexpr double kThroughputTarget = 10.0;  // 32 pushers / one pusher, at least
+
+struct Options {
+  bool quick = false;
+  int samples = 31;  // latency samples per method (odd: a true median)
+  int pushers = 32;
+  int rounds = 16;      // generations per concurrent pusher
+  int sequential = 64;  // generations of the one-pusher run
+};
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "policyd_grpc_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+template <typename T>
+T take(Result<T> r, const std::string& what) {
+  if (!r.ok()) die(what + ": " + r.error().message());
+  return std::move(r).value();
+}
+
+void take(const Status& st, const std::string& what) {
+  if (!st.ok()) die(what + ": " + st.error().message());
+}
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+struct Summary {
+  size_t n = 0;
+  double mean = 0, median = 0, p90 = 0;
+};
+
+Summary summarize(std::vector<double> v) {
+  Summary s;
+  s.n = v.size();
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  const auto rank = static_cast<size_t>(std::ceil(0.9 * static_cast<double>(v.size())));
+  s.p90 = v[std::max<size_t>(rank, 1) - 1];
+  return s;
+}
+
+void progress(const std::string& msg) {
+  std::fprintf(stderr, "  .. %s\n", msg.c_str());
+  std::fflush(stderr);
+}
+
+const char* verdict(bool ok) { return ok ? "PASS" : "MISS"; }
+
+// /proc/loadavg's first three fields: grace periods and thread wake-ups are only comparable on
+// an otherwise idle machine, so the output says what the machine was doing.
+std::string load_average() {
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (f == nullptr) return "unknown";
+  double a = 0, b = 0, c = 0;
+  const int got = std::fscanf(f, "%lf %lf %lf", &a, &b, &c);
+  std::fclose(f);
+  if (got != 3) return "unknown";
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "%.2f %.2f %.2f%s", a, b, c,
+                a > 1.0 ? "  (machine not idle: figures are skewed)" : "");
+  return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baseline: one raw outer-map update that replaces an inner map (what one barrier costs).
+
+struct RawOuter {
+  kernel::UniqueFd tmpl;
+  kernel::UniqueFd outer;
+  kernel::UniqueFd inner[2];
+  int held = 0;
+
+  void update() {
+    held ^= 1;
+    const uint32_t slot = 0;
+    const auto fd = static_cast<uint32_t>(inner[held].get());
+    take(kernel::update_elem(outer.get(), &slot, &fd), "raw outer-map update");
+  }
+};
+
+kernel::MapSpec inner_spec(const std::string& name) {
+  return kernel::MapSpec{BPF_MAP_TYPE_HASH, name, 4, 8, 16, 0, -1};
+}
+
+RawOuter make_raw_outer() {
+  RawOuter r;
+  r.tmpl = take(kernel::create_map(inner_spec("pg_tmpl")), "create inner template");
+  r.outer = take(kernel::create_map(kernel::MapSpec{BPF_MAP_TYPE_ARRAY_OF_MAPS, "pg_raw", 4, 4,
+                                                    kSlots, 0, r.tmpl.get()}),
+                 "create raw outer map");
+  for (auto& fd : r.inner) fd = take(kernel::create_map(inner_spec("pg_in")), "create inner");
+  r.update();  // occupy the slot: every measured update replaces a map
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon and its pushes.
+
+std::string bench_maps_yaml() {
+  return R"(maps:
+  - name: bench
+    type: array_of_maps
+    slots: 64
+    drain: entries
+    inner:
+      type: hash
+      max_entries: 16
+      key:   [{name: k, type: u32}]
+      value: [{name: v, type: u64, counter: true}]
+)";
+}
+
+// A generation replacing `slots` (raw entries: k -> tag).
+v1::PushGenerationRequest generation(const std::vector<uint32_t>& slots, uint64_t tag) {
+  v1::PushGenerationRequest req;
+  req.set_label("bench-" + std::to_string(tag));
+  for (uint32_t s : slots) {
+    std::vector<v1::Entry> entries;
+    for (uint32_t k = 0; k < kEntries; ++k) {
+      Bytes value(8);
+      const uint64_t v = tag * 16 + k;
+      std::memcpy(value.data(), &v, 8);
+      entries.push_back(e2e::raw_entry(e2e::u32le(k), value));
+    }
+    e2e::add_change(req, "bench", e2e::index_slot(s), entries);
+  }
+  return req;
+}
+
+v1::PushGenerationResponse push_or_die(v1::Policy::Stub& stub,
+                                       const v1::PushGenerationRequest& req) {
+  grpc::ClientContext ctx;
+  e2e::set_deadline(ctx, std::chrono::seconds(60));
+  v1::PushGenerationResponse resp;
+  grpc::Status s = stub.PushGeneration(&ctx, req, &resp);
+  if (!s.ok()) die("PushGeneration: " + e2e::describe(s));
+  return resp;
+}
+
+v1::GetStateResponse state_or_die(v1::Policy::Stub& stub) {
+  grpc::ClientContext ctx;
+  e2e::set_deadline(ctx);
+  v1::GetStateResponse resp;
+  grpc::Status s = stub.GetState(&ctx, v1::GetStateRequest(), &resp);
+  if (!s.ok()) die("GetState: " + e2e::describe(s));
+  return resp;
+}
+
+struct LatencyResult {
+  Summary raw;
+  Summary push;
+  std::vector<double> raw_ms, push_ms;
+  uint64_t barriers = 0;     // during the gRPC samples
+  uint64_t generations = 0;  // during the gRPC samples
+};
+
+LatencyResult run_latency(const Options& opt, v1::Policy::Stub& stub, RawOuter& raw) {
+  std::vector<uint32_t> all(kSlots);
+  std::iota(all.begin(), all.end(), 0);
+  uint64_t tag = 1;
+  push_or_die(stub, generation(all, tag++));  // every slot occupied: each push replaces 64
+  for (int i = 0; i < 2; ++i) raw.update();   // warm-up
+
+  LatencyResult res;
+  const v1::GetStateResponse before = state_or_die(stub);
+  std::mt19937 rng(20240611);
+  for (int i = 0; i < opt.samples; ++i) {
+    // Random order per round: slow drift (RCU state, background frees) hits both alike.
+    const bool raw_first = (rng() & 1) != 0;
+    for (int j = 0; j < 2; ++j) {
+      if ((j == 0) == raw_first) {
+        const auto t0 = Clock::now();
+        raw.update();
+        res.raw_ms.push_back(ms_since(t0));
+      } else {
+        v1::PushGenerationRequest req = generation(all, tag++);  // built outside the clock
+        const auto t0 = Clock::now();
+        push_or_die(stub, req);
+        res.push_ms.push_back(ms_since(t0));
+      }
+    }
+  }
+  const v1::GetStateResponse after = state_or_die(stub);
+  res.barriers = after.barriers() - before.barriers();
+  res.generations = after.generations_committed() - before.generations_committed();
+  res.raw = summarize(res.raw_ms);
+  res.push = summarize(res.push_ms);
+  return res;
+}
+
+struct ThroughputRun {
+  uint64_t generations = 0;
+  uint64_t barriers = 0;
+  double wall_ms = 0;
+  Summary ack_ms;  // per-push latency
+  [[nodiscard]] double per_second() const { return generations / (wall_ms / 1000.0); }
+  [[nodiscard]] double per_barrier() const {
+    return barriers ? static_cast<double>(generations) / static_cast<double>(barriers) : 0;
+  }
+};
+
+ThroughputRun run_sequential(const Options& opt, v1::Policy::Stub& stub) {
+  ThroughputRun r;
+  std::vector<v1::PushGenerationRequest> reqs;
+  for (int i = 0; i < opt.sequential; ++i) {
+    reqs.push_back(generation({static_cast<uint32_t>(i % opt.pushers)}, 100000 + i));
+  }
+  const v1::GetStateResponse before = state_or_die(stub);
+  std::vector<double> ack;
+  const auto t0 = Clock::now();
+  for (const auto& req : reqs) {
+    const auto t = Clock::now();
+    push_or_die(stub, req);
+    ack.push_back(ms_since(t));
+  }
+  r.wall_ms = ms_since(t0);
+  const v1::GetStateResponse after = state_or_die(stub);
+  r.generations = after.generations_committed() - before.generations_committed();
+  r.barriers = after.barriers() - before.barriers();
+  r.ack_ms = summarize(ack);
+  return r;
+}
+
+ThroughputRun run_concurrent(const Options& opt, e2e::DaemonProcess& daemon,
+                             v1::Policy::Stub& stub) {
+  ThroughputRun r;
+  const auto n = static_cast<size_t>(opt.pushers);
+  std::vector<std::unique_ptr<v1::Policy::Stub>> stubs;
+  std::vector<std::vector<v1::PushGenerationRequest>> reqs(n);
+  for (size_t t = 0; t < n; ++t) {
+    stubs.push_back(daemon.new_stub());
+    state_or_die(*stubs.back());  // connected before the clock starts
+    for (int i = 0; i < opt.rounds; ++i) {
+      reqs[t].push_back(generation({static_cast<uint32_t>(t % kSlots)}, 200000 + t * 1000 + i));
+    }
+  }
+  std::vector<std::vector<double>> ack(n);
+  std::latch start(static_cast<std::ptrdiff_t>(n) + 1);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < n; ++t) {
+    threads.emplace_back([&, t] {
+      start.arrive_and_wait();
+      for (const auto& req : reqs[t]) {
+        const auto t0 = Clock::now();
+        push_or_die(*stubs[t], req);
+        ack[t].push_back(ms_since(t0));
+      }
+    });
+  }
+  const v1::GetStateResponse before = state_or_die(stub);
+  const auto t0 = Clock::now();
+  start.arrive_and_wait();
+  for (auto& th : threads) th.join();
+  r.wall_ms = ms_since(t0);
+  const v1::GetStateResponse after = state_or_die(stub);
+  r.generations = after.generations_committed() - before.generations_committed();
+  r.barriers = after.barriers() - before.barriers();
+  std::vector<double> all;
+  for (const auto& a : ack) all.insert(all.end(), a.begin(), a.end());
+  r.ack_ms = summarize(all);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Options parse_options(int argc, char** argv) {
+  Options opt;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto num = [&](const char* prefix) {
+      return static_cast<int>(std::strtol(a.c_str() + std::strlen(prefix), nullptr, 10));
+    };
+    if (a == "--quick") {
+      opt.quick = true;
+      opt.samples = 5;
+      opt.rounds = 2;
+      opt.sequential = 8;
+    } else if (a.rfind("--samples=", 0) == 0) {
+      opt.samples = num("--samples=");
+    } else if (a.rfind("--pushers=", 0) == 0) {
+      opt.pushers = num("--pushers=");
+    } else if (a.rfind("--rounds=", 0) == 0) {
+      opt.rounds = num("--rounds=");
+    } else if (a.rfind("--sequential=", 0) == 0) {
+      opt.sequential = num("--sequential=");
+    } else if (a == "--help" || a == "-h") {
+      std::printf(
+          "usage: policyd_grpc_bench [--quick] [--samples=N] [--pushers=N] [--rounds=N] "
+          "[--sequential=N]\n"
+          "  --quick         smoke run: 5 latency samples, 2 rounds, 8 sequential pushes\n"
+          "  --samples=N     latency samples per method (default 31)\n"
+          "  --pushers=N     concurrent pushers (default 32, at most 64)\n"
+          "  --rounds=N      generations per concurrent pusher (default 16)\n"
+          "  --sequential=N  generations of the one-pusher run (default 64)\n"
+          "Starts the real policyd on a private bpffs and a temp socket. Needs root.\n"
+          "Exit 0: ran; 77: bpf not permitted (skip); 1: setup failed or policyd did not exit\n"
+          "0 on SIGTERM.\n");
+      std::exit(0);
+    } else {
+      std::fprintf(stderr, "policyd_grpc_bench: unknown option %s (try --help)\n", a.c_str());
+      std::exit(2);
+    }
+  }
+  if (opt.samples < 1 || opt.pushers < 1 || opt.pushers > static_cast<int>(kSlots) ||
+      opt.rounds < 1 || opt.sequential < 1) {
+    std::fprintf(stderr, "policyd_grpc_bench: counts must be positive (pushers <= 64)\n");
+    std::exit(2);
+  }
+  return opt;
+}
+
+void require_bpf() {
+  Result<kernel::UniqueFd> fd = kernel::create_map(inner_spec("pg_probe"));
+  if (fd.ok()) return;
+  if (fd.error().sys_errno == EPERM && !test::privileged_required()) {
+    std::printf("SKIP: the bpf syscall is not permitted here (%s); run as root\n",
+                fd.error().message().c_str());
+    std::exit(kExitSkip);
+  }
+  die("bpf syscall: " + fd.error().message());
+}
+
+int run(int argc, char** argv) {
+  const Options opt = parse_options(argc, argv);
+  std::string cmd;
+  for (int i = 0; i < argc; ++i) cmd += (i ? " " : "") + std::string(argv[i]);
+  utsname uts{};
+  ::uname(&uts);
+  std::printf("policyd_grpc_bench\n");
+  std::printf("command: %s\n", cmd.c_str());
+  std::printf("kernel:  %s %s (%s), online cpus %ld\n", uts.sysname, uts.release, uts.machine,
+              ::sysconf(_SC_NPROCESSORS_ONLN));
+  std::printf("daemon:  %s\n", e2e::policyd_bin().c_str());
+  std::printf("load:    %s at start\n", load_average().c_str());
+  std::fflush(stdout);
+
+  require_bpf();
+  Result<test::PrivateBpffs> bpffs = test::PrivateBpffs::create();
+  if (!bpffs.ok()) {
+    if (bpffs.error().sys_errno == EPERM && !test::privileged_required()) {
+      std::printf("SKIP: cannot mount a private bpffs (%s)\n", bpffs.error().message().c_str());
+      return kExitSkip;
+    }
+    die("private bpffs: " + bpffs.error().message());
+  }
+  char tmpl[] = "/tmp/policyd-grpc-bench-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) die(std::string("mkdtemp: ") + std::strerror(errno));
+  const std::string work = tmpl;
+
+  e2e::DaemonOptions dopt;
+  dopt.maps_yaml = bench_maps_yaml();
+  dopt.log_level = "info";
+  dopt.history = 16;
+  dopt.max_message_bytes = 16 << 20;
+  dopt.max_entries_per_push = 1 << 20;
+  int exit_code = 0;
+  {
+    e2e::DaemonProcess daemon(work, bpffs->join("pd"), dopt);
+    progress("starting policyd");
+    if (Status st = daemon.start(); !st.ok()) die("start policyd: " + st.error().message());
+    auto stub = daemon.new_stub();
+    const v1::GetStateResponse st0 = state_or_die(*stub);
+    std::printf("barrier: %s (daemon's choice, barrier: auto)\n", st0.barrier_strategy().c_str());
+    std::printf(
+        "gen:     %u slots x %u entries (hash u32 -> u64) per latency push; 1 slot per "
+        "throughput push%s\n\n",
+        kSlots, kEntries, opt.quick ? "  [--quick: smoke run, figures not meaningful]" : "");
+
+    RawOuter raw = make_raw_outer();
+    progress("latency: " + std::to_string(opt.samples) + " samples per method, interleaved");
+    const LatencyResult lat = run_latency(opt, *stub, raw);
+    progress("throughput: one pusher, " + std::to_string(opt.sequential) + " generations");
+    const ThroughputRun seq = run_sequential(opt, *stub);
+    progress("throughput: " + std::to_string(opt.pushers) + " pushers x " +
+             std::to_string(opt.rounds) + " generations");
+    const ThroughputRun conc = run_concurrent(opt, daemon, *stub);
+
+    const double lat_ratio = lat.push.median / lat.raw.median;
+    const double lat_ratio_p90 = lat.push.p90 / lat.raw.p90;
+    std::printf("== push->ack latency of a %u-slot generation (gRPC, unix socket) ==\n", kSlots);
+    std::printf("%-44s %4s %9s %9s %9s %8s\n", "case", "n", "median", "p90", "mean", "ratio");
+    std::printf("%-44s %4zu %8.2fms %8.2fms %8.2fms %7.2fx\n", "raw: one outer-map update_elem",
+                lat.raw.n, lat.raw.median, lat.raw.p90, lat.raw.mean, 1.0);
+    std::printf("%-44s %4zu %8.2fms %8.2fms %8.2fms %7.2fx  (p90 ratio %.2fx)\n",
+                "policyd: PushGeneration 64 slots -> ack", lat.push.n, lat.push.median,
+                lat.push.p90, lat.push.mean, lat_ratio, lat_ratio_p90);
+    std::printf("  daemon counted %llu barriers for %llu generations during these samples\n\n",
+                static_cast<unsigned long long>(lat.barriers),
+                static_cast<unsigned long long>(lat.generations));
+
+    std::printf("== group commit: %d concurrent pushers vs one pusher at a time ==\n", opt.pushers);
+    std::printf("%-26s %6s %8s %10s %10s %12s %10s %10s\n", "case", "gens", "barriers", "gens/barr",
+                "wall", "gens/s", "ack med", "ack p90");
+    for (const auto& [name, r] : {std::pair<std::string, const ThroughputRun&>{"one pusher", seq},
+                                  {std::to_string(opt.pushers) + " pushers", conc}}) {
+      std::printf("%-26s %6llu %8llu %10.2f %8.1fms %12.1f %8.2fms %8.2fms\n", name.c_str(),
+                  static_cast<unsigned long long>(r.generations),
+                  static_cast<unsigned long long>(r.barriers), r.per_barrier(), r.wall_ms,
+                  r.per_second(), r.ack_ms.median, r.ack_ms.p90);
+    }
+    const double tput_ratio = conc.per_second() / seq.per_second();
+    std::printf("\n== Targets ==\n");
+    std::printf("%-58s %8s %8s  %s\n", "target", "measured", "goal", "verdict");
+    std::printf("%-58s %7.2fx %8s  %s\n", "64-slot push->ack median vs one raw outer update",
+                lat_ratio, "<=2.0x", verdict(lat_ratio <= kLatencyTarget));
+    std::printf("%-58s %7.2fx %8s  %s\n", "64-slot push->ack p90 vs raw p90 (reference)",
+                lat_ratio_p90, "<=2.0x", "info");
+    std::printf("%-58s %8.2f %8s  %s\n",
+                (std::to_string(opt.pushers) + " pushers: generations per barrier").c_str(),
+                conc.per_barrier(), ">=8", verdict(conc.per_barrier() >= kPerBarrierTarget));
+    std::printf("%-58s %7.2fx %8s  %s\n",
+                (std::to_string(opt.pushers) + " pushers vs one: throughput (gens/s)").c_str(),
+                tput_ratio, ">=10x", verdict(tput_ratio >= kThroughputTarget));
+
+    std::printf("\nload:    %s at end\n", load_average().c_str());
+    stub.reset();  // an idle client connection holds up the daemon's shutdown
+    const int code = daemon.stop();
+    if (code != 0) {
+      std::printf("\nWARNING: policyd exited with code %d on SIGTERM; log:\n%s\n", code,
+                  daemon.log().c_str());
+      exit_code = 1;
+    }
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(work, ec);
+  return exit_code;
+}
+
+}  // namespace
+}  // namespace policyd::bench
+
+int main(int argc, char** argv) {
+  try {
+    return policyd::bench::run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "policyd_grpc_bench: %s\n", e.what());
+    return 1;
+  }
+}
