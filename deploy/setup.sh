@@ -20,7 +20,7 @@ readonly PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libfmt-dev libyaml-cpp-dev libboost-dev libsystemd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  iproute2
+  iproute2 openssl
 )
 
 usage() {

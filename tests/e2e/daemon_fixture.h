@@ -69,6 +69,8 @@ struct DaemonOptions {
   std::string maps_yaml = default_maps_yaml();
   // chmod 0755 the temp dir that holds the socket, so other uids can reach the socket.
   bool world_traversable = false;
+  // When not empty, the `api.tls` value (a YAML flow map: "{listen: ..., cert: ..., ...}").
+  std::string tls_yaml;
 };
 
 // The full YAML config for `options` with the given paths.
