@@ -33,6 +33,7 @@
 #include "core/validate.h"
 #include "kernel/map.h"
 #include "kernel/unique_fd.h"
+#include "bench_util.h"
 #include "support/bpffs.h"
 #include "util/result.h"
 #include "util/worker_pool.h"
@@ -43,7 +44,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using core::Bytes;
 
-constexpr int kExitSkip = 77;  // ctest SKIP_RETURN_CODE
 constexpr uint32_t kMaxSlots = 64;
 constexpr size_t kPoolThreads = 64;    // EngineConfig::barrier_threads default
 constexpr uint32_t kSmallEntries = 4;  // entries per inner map in the commit cases
@@ -76,40 +76,11 @@ void take(const Status& st, const std::string& what) {
   if (!st.ok()) die(what, st.error());
 }
 
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
 template <typename F>
 double time_ms(F&& f) {
   auto t0 = Clock::now();
   f();
   return ms_since(t0);
-}
-
-struct Summary {
-  size_t n = 0;
-  double mean = 0;
-  double median = 0;
-  double p90 = 0;
-};
-
-Summary summarize(std::vector<double> v) {
-  Summary s;
-  s.n = v.size();
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
-  s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-  // Nearest rank.
-  const auto rank = static_cast<size_t>(std::ceil(0.9 * static_cast<double>(v.size())));
-  s.p90 = v[std::max<size_t>(rank, 1) - 1];
-  return s;
-}
-
-void progress(const std::string& msg) {
-  std::fprintf(stderr, "  .. %s\n", msg.c_str());
-  std::fflush(stderr);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -623,34 +594,8 @@ Options parse_options(int argc, char** argv) {
   return opt;
 }
 
-// Exit 77 (skip) when the bpf syscall is not permitted, unless CI says privileged runs must run.
-void require_bpf() {
-  Result<kernel::UniqueFd> fd = kernel::create_map(small_inner_spec("pb_probe"));
-  if (fd.ok()) return;
-  if (fd.error().sys_errno == EPERM && !test::privileged_required()) {
-    std::printf("SKIP: the bpf syscall is not permitted here (%s); run as root\n",
-                fd.error().message().c_str());
-    std::exit(kExitSkip);
-  }
-  die("bpf syscall", fd.error());
-}
 
-// The first three fields of /proc/loadavg: grace periods and fills are only comparable on an
-// otherwise idle machine, so the table says what the machine was doing.
-std::string load_average(bool warn) {
-  std::FILE* f = std::fopen("/proc/loadavg", "r");
-  if (f == nullptr) return "unknown";
-  double a = 0, b = 0, c = 0;
-  const int got = std::fscanf(f, "%lf %lf %lf", &a, &b, &c);
-  std::fclose(f);
-  if (got != 3) return "unknown";
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.2f %.2f %.2f%s", a, b, c,
-                warn && a > 1.0 ? "  (WARNING: machine not idle, figures are skewed)" : "");
-  return buf;
-}
 
-const char* verdict(bool ok) { return ok ? "PASS" : "MISS"; }
 
 std::string histogram(const std::vector<double>& ms) {
   std::map<long, int> buckets;
@@ -754,7 +699,7 @@ int run(int argc, char** argv) {
   std::printf("load:    %s at start\n", load_average(true).c_str());
   std::fflush(stdout);
 
-  require_bpf();
+  require_bpf("policyd_bench");
   spdlog::set_level(spdlog::level::warn);
   Result<test::PrivateBpffs> fs = test::PrivateBpffs::create();
   if (!fs.ok()) {

@@ -33,6 +33,7 @@
 #include "daemon_fixture.h"
 #include "kernel/map.h"
 #include "kernel/unique_fd.h"
+#include "bench_util.h"
 #include "support/bpffs.h"
 #include "util/result.h"
 
@@ -43,7 +44,6 @@ using Clock = std::chrono::steady_clock;
 using e2e::Bytes;
 namespace v1 = ::policyd::v1;
 
-constexpr int kExitSkip = 77;
 constexpr uint32_t kSlots = 64;
 constexpr uint32_t kEntries = 4;            // per inner map
 constexpr double kLatencyTarget = 2.0;      // 64-slot push->ack / one raw outer update, at most
@@ -73,48 +73,7 @@ void take(const Status& st, const std::string& what) {
   if (!st.ok()) die(what + ": " + st.error().message());
 }
 
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
 
-struct Summary {
-  size_t n = 0;
-  double mean = 0, median = 0, p90 = 0;
-};
-
-Summary summarize(std::vector<double> v) {
-  Summary s;
-  s.n = v.size();
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
-  s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-  const auto rank = static_cast<size_t>(std::ceil(0.9 * static_cast<double>(v.size())));
-  s.p90 = v[std::max<size_t>(rank, 1) - 1];
-  return s;
-}
-
-void progress(const std::string& msg) {
-  std::fprintf(stderr, "  .. %s\n", msg.c_str());
-  std::fflush(stderr);
-}
-
-const char* verdict(bool ok) { return ok ? "PASS" : "MISS"; }
-
-// /proc/loadavg's first three fields: grace periods and thread wake-ups are only comparable on
-// an otherwise idle machine, so the output says what the machine was doing.
-std::string load_average() {
-  std::FILE* f = std::fopen("/proc/loadavg", "r");
-  if (f == nullptr) return "unknown";
-  double a = 0, b = 0, c = 0;
-  const int got = std::fscanf(f, "%lf %lf %lf", &a, &b, &c);
-  std::fclose(f);
-  if (got != 3) return "unknown";
-  char buf[96];
-  std::snprintf(buf, sizeof(buf), "%.2f %.2f %.2f%s", a, b, c,
-                a > 1.0 ? "  (machine not idle: figures are skewed)" : "");
-  return buf;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Baseline: one raw outer-map update that replaces an inner map (what one barrier costs).
@@ -364,16 +323,6 @@ Options parse_options(int argc, char** argv) {
   return opt;
 }
 
-void require_bpf() {
-  Result<kernel::UniqueFd> fd = kernel::create_map(inner_spec("pg_probe"));
-  if (fd.ok()) return;
-  if (fd.error().sys_errno == EPERM && !test::privileged_required()) {
-    std::printf("SKIP: the bpf syscall is not permitted here (%s); run as root\n",
-                fd.error().message().c_str());
-    std::exit(kExitSkip);
-  }
-  die("bpf syscall: " + fd.error().message());
-}
 
 int run(int argc, char** argv) {
   const Options opt = parse_options(argc, argv);
@@ -386,10 +335,10 @@ int run(int argc, char** argv) {
   std::printf("kernel:  %s %s (%s), online cpus %ld\n", uts.sysname, uts.release, uts.machine,
               ::sysconf(_SC_NPROCESSORS_ONLN));
   std::printf("daemon:  %s\n", e2e::policyd_bin().c_str());
-  std::printf("load:    %s at start\n", load_average().c_str());
+  std::printf("load:    %s at start\n", load_average(true).c_str());
   std::fflush(stdout);
 
-  require_bpf();
+  require_bpf("policyd_grpc_bench");
   Result<test::PrivateBpffs> bpffs = test::PrivateBpffs::create();
   if (!bpffs.ok()) {
     if (bpffs.error().sys_errno == EPERM && !test::privileged_required()) {
@@ -467,7 +416,7 @@ int run(int argc, char** argv) {
                 (std::to_string(opt.pushers) + " pushers vs one: throughput (gens/s)").c_str(),
                 tput_ratio, ">=10x", verdict(tput_ratio >= kThroughputTarget));
 
-    std::printf("\nload:    %s at end\n", load_average().c_str());
+    std::printf("\nload:    %s at end\n", load_average(false).c_str());
     stub.reset();  // an idle client connection holds up the daemon's shutdown
     const int code = daemon.stop();
     if (code != 0) {

@@ -1,0 +1,32 @@
+// What policyd's bench binaries share: sample summaries, progress lines, the machine's load,
+// and the bpf-permission rule (exit 77 = skip, unless CI requires privileged runs).
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace policyd::bench {
+
+inline constexpr int kExitSkip = 77;
+
+struct Summary {
+  size_t n = 0;
+  double mean = 0;
+  double median = 0;
+  double p90 = 0;  // nearest rank
+};
+
+[[nodiscard]] Summary summarize(std::vector<double> v);
+[[nodiscard]] double ms_since(std::chrono::steady_clock::time_point t0);
+[[nodiscard]] const char* verdict(bool ok);
+// A progress line on stderr (the table goes to stdout).
+void progress(const std::string& msg);
+// /proc/loadavg's first three fields; with `warn`, a note when the machine is not idle (grace
+// periods, wake-ups and fills are only comparable on an otherwise idle machine).
+[[nodiscard]] std::string load_average(bool warn);
+// Exits 77 when the bpf syscall is not permitted (unless POLICYD_REQUIRE_PRIVILEGED=1), 1 on
+// another bpf error; `tool` names the binary in messages.
+void require_bpf(const char* tool);
+
+}  // namespace policyd::bench
