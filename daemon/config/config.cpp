@@ -10,6 +10,7 @@
 
 #include "core/validate.h"
 #include "kernel/map.h"
+#include "util/hex.h"
 
 namespace policyd::config {
 namespace {
@@ -56,7 +57,7 @@ class Reader {
     POLICYD_ASSIGN_OR_RETURN(std::string s, str(node, path));
     char* end = nullptr;
     errno = 0;
-    unsigned long long v = std::strtoull(s.c_str(), &end, 0);
+    unsigned long long v = std::strtoull(s.c_str(), &end, util::integer_base(s));
     if (s.empty() || s[0] == '-' || *end != '\0' || errno == ERANGE) {
       return error(node, path, "\"" + s + "\" is not an unsigned integer");
     }

@@ -62,7 +62,7 @@ Result<uint64_t> parse_uint(const std::string& text, uint64_t max) {
   }
   errno = 0;
   char* end = nullptr;
-  unsigned long long v = std::strtoull(text.c_str(), &end, 0);
+  unsigned long long v = std::strtoull(text.c_str(), &end, util::integer_base(text));
   if (end == text.c_str() || *end != '\0') {
     return invalid_argument("\"" + text + "\" is not an unsigned integer");
   }

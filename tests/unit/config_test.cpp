@@ -125,3 +125,19 @@ TEST(ConfigTest, DuplicateMapName) {
 
 }  // namespace
 }  // namespace policyd::config
+
+namespace policyd::config {
+namespace {
+
+// "010" is ten, not eight: a leading zero must not switch to octal. 0x stays hex.
+TEST(ConfigTest, IntegersAreDecimalOrHexNeverOctal) {
+  Result<DaemonConfig> dec = parse_config(replace(kMinimal, "slots: 64", "slots: 010"), "t.yaml");
+  ASSERT_TRUE(dec.ok()) << dec.error().message();
+  EXPECT_EQ(dec->engine.maps[0].slots, 10u);
+  Result<DaemonConfig> hex = parse_config(replace(kMinimal, "slots: 64", "slots: 0x40"), "t.yaml");
+  ASSERT_TRUE(hex.ok()) << hex.error().message();
+  EXPECT_EQ(hex->engine.maps[0].slots, 64u);
+}
+
+}  // namespace
+}  // namespace policyd::config
