@@ -41,7 +41,9 @@ class HashOccupancy {
     for (const SlotChange& c : gen.changes) {
       auto cfg = engine_.maps().find(c.map);
       if (cfg == engine_.maps().end() || cfg->second.kind != OuterKind::kHash) continue;
-      std::set<Bytes>& used = next.try_emplace(c.map, used_slots(c.map)).first->second;
+      auto it = next.find(c.map);
+      if (it == next.end()) it = next.emplace(c.map, used_slots(c.map)).first;
+      std::set<Bytes>& used = it->second;
       if (c.remove) used.erase(c.slot);
       else used.insert(c.slot);
       if (used.size() > cfg->second.slots) {
