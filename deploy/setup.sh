@@ -17,7 +17,7 @@ readonly BPFFS=/sys/fs/bpf
 readonly PACKAGES=(
   build-essential cmake ninja-build pkg-config
   clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
   libspdlog-dev libfmt-dev libyaml-cpp-dev libboost-dev libsystemd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 openssl

@@ -23,6 +23,7 @@ struct InnerMap {
   std::string map;  // config name of the outer map it belongs to
   Bytes slot;
   uint64_t installed_by = 0;  // generation id, 0 until committed (or adopted)
+  std::string drain_pin;      // set while pinned under the drain directory
 };
 using InnerRef = std::shared_ptr<InnerMap>;
 

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <future>
+#include <optional>
 #include <mutex>
 #include <set>
 #include <shared_mutex>
@@ -82,6 +83,7 @@ struct Committer::Impl {
     bool rollback = false;
     uint64_t rollback_to = 0;  // 0: the generation before the current one
     BuiltGeneration built;
+    std::vector<Digest> digests;  // per change: its contents file (with a store)
   };
   using ItemPtr = std::shared_ptr<Item>;
 
@@ -93,6 +95,7 @@ struct Committer::Impl {
   };
 
   std::unique_ptr<Engine> engine;
+  std::unique_ptr<StateStore> store;  // null: no durable state
   CommitterOptions options;
 
   std::mutex mu;
@@ -112,11 +115,14 @@ struct Committer::Impl {
   // Committer-thread state.
   StateSnapshot state;
   std::deque<GenerationRecord> history;  // newest first
+  std::map<std::pair<std::string, Bytes>, uint32_t> live_ids;  // inner map id per live slot
+  bool record_stale = false;  // the last durable write failed: write again at the next chance
 
   std::thread builder_thread;
   std::thread committer_thread;
 
-  Impl(std::unique_ptr<Engine> e, CommitterOptions o) : engine(std::move(e)), options(o) {}
+  Impl(std::unique_ptr<Engine> e, std::unique_ptr<StateStore> st, CommitterOptions o)
+      : engine(std::move(e)), store(std::move(st)), options(o) {}
 
   // ---- request ids -------------------------------------------------------------------------
 
@@ -211,6 +217,13 @@ struct Committer::Impl {
           continue;
         }
         item->built = std::move(b).value();
+        if (store) {
+          Status stored = store_contents(*item);
+          if (!stored.ok()) {
+            finish(item, stored.error().wrap("record the generation's contents in " + store->dir()));
+            continue;
+          }
+        }
       }
       {
         std::lock_guard lock(mu);
@@ -240,8 +253,11 @@ struct Committer::Impl {
         }
         if (todo.empty() && batch.empty()) {  // stopped and nothing left
           committer_done = true;
-          return;
         }
+      }
+      if (committer_done) {
+        flush_idle();  // drained counters of the last commits become durable
+        return;
       }
       for (auto& fn : todo) fn(engine.get());
       if (batch.empty()) continue;
@@ -251,6 +267,78 @@ struct Committer::Impl {
         commit_batch(std::move(batch));
       }
     }
+  }
+
+  // Writes the contents of every slot the item installs (builder thread, maps_mu held), so
+  // that the record written at commit time only has to name them.
+  Status store_contents(Item& item) {
+    item.digests.clear();
+    for (const SlotChange& c : item.request.generation.changes) {
+      if (c.remove) {
+        item.digests.emplace_back();
+        continue;
+      }
+      const InnerTemplate& t = engine->maps().at(c.map).inner;
+      POLICYD_ASSIGN_OR_RETURN(Digest d, store->put_contents(c.entries, t.key_size, t.value_size));
+      item.digests.push_back(std::move(d));
+    }
+    return store->sync_contents();
+  }
+
+  // ---- durable record (G8) -------------------------------------------------------------------
+
+  static StoredGeneration stored_generation(const GenerationRecord& rec) {
+    StoredGeneration g;
+    static_cast<GenerationMeta&>(g) = rec;
+    for (const auto& [key, contents] : *rec.state) {
+      g.slots.push_back({key.first, key.second, contents->digest, 0});
+    }
+    g.content_hash = rec.content_hash;
+    return g;
+  }
+
+  // The record of what the committer holds now, with `ids` as the live inner map ids.
+  StoredState stored_state(const std::map<std::pair<std::string, Bytes>, uint32_t>& ids) const {
+    StoredState st;
+    st.generation = history.empty() ? engine->current_generation() : history.front().id;
+    for (const GenerationRecord& rec : history) st.history.push_back(stored_generation(rec));
+    if (!st.history.empty()) {
+      for (StoredSlot& slot : st.history.front().slots) {
+        auto it = ids.find({slot.map, slot.slot});
+        slot.inner_id = it == ids.end() ? 0 : it->second;
+      }
+    }
+    for (const auto& [key, total] : engine->drained_totals()) {
+      st.drained.push_back({key.map, key.slot, key.field, total});
+    }
+    st.drained_inner_ids = engine->unreleased_drains();
+    return st;
+  }
+
+  // Writes the record of the current state now; on success the pins of drained maps it
+  // accounts for go.
+  Status write_record() {
+    Status st = store->write(stored_state(live_ids));
+    if (!st.ok()) {
+      record_stale = true;
+      return st.error().wrap("record generation state in " + store->dir());
+    }
+    record_stale = false;
+    engine->release_drained();
+    return {};
+  }
+
+  // Drained counters become durable with the next commit's record; when no commit is waiting,
+  // (or the last write failed) they are written now.
+  void flush_idle() {
+    if (!store) return;
+    if (engine->unreleased_drains().empty() && !record_stale) return;
+    {
+      std::lock_guard lock(mu);
+      if (!built.empty()) return;
+    }
+    Status st = write_record();
+    if (!st.ok()) spdlog::error("{}", st.error().message());
   }
 
   // ---- commit --------------------------------------------------------------------------------
@@ -282,7 +370,43 @@ struct Committer::Impl {
 
     double build_ms = 0;
     for (const BuiltGeneration& b : batch) build_ms = std::max(build_ms, b.build_ms);
+
+    // The record of the batch is written while the kernel swaps and waits for the barrier: an
+    // ack needs both. A crash in between leaves the record of the batch or the one before;
+    // the next start brings the data plane to whichever it finds (G8).
+    const StateSnapshot saved_state = state;
+    const std::deque<GenerationRecord> saved_history = history;
+    const uint64_t first_id = engine->current_generation() + 1;
+    for (size_t i = 0; i < ok.size(); ++i) record(*ok[i], first_id + i);
+    auto next_ids = live_ids;
+    for (const BuiltGeneration& b : batch) {
+      for (const BuiltChange& c : b.changes) {
+        if (c.inner) next_ids[{c.map, c.slot}] = c.inner->id;
+        else next_ids.erase({c.map, c.slot});
+      }
+    }
+    std::future<Status> recorded;
+    if (store) {
+      recorded = std::async(std::launch::async,
+                            [this, st = stored_state(next_ids)] { return store->write(st); });
+    }
     Result<CommitReport> report = engine->commit(std::move(batch));
+    Status durable = store ? recorded.get() : Status{};
+    if (report.ok()) {
+      live_ids = std::move(next_ids);
+      if (durable.ok()) {
+        record_stale = false;
+        engine->release_drained();
+      }
+    } else {
+      state = saved_state;
+      history = saved_history;
+      // The record of the failed batch may be durable: put back the one the kernel holds.
+      if (store) {
+        Status back = write_record();
+        if (!back.ok()) spdlog::error("{}", back.error().message());
+      }
+    }
     if (!report.ok()) {
       spdlog::error("{}", report.error().message());
       drain_and_publish();  // maps that the undo took back out of the data plane
@@ -304,13 +428,27 @@ struct Committer::Impl {
     event.swap_ms = report->write_ms;
     event.barrier_ms = report->barrier_ms;
     for (size_t i = 0; i < ok.size(); ++i) {
-      const uint64_t id = report->first_generation + i;
-      record(*ok[i], id);
-      event.generations.push_back(id);
+      event.generations.push_back(report->first_generation + i);
       event.labels.push_back(ok[i]->request.generation.label);
     }
     // Readers (ListGenerations, GetState) must see a generation once its push is acked.
     publish_view();
+    if (!durable.ok()) {
+      // The data plane holds the batch but the record does not: no ack (G8). A restart before
+      // the next successful write brings back the generation recorded before.
+      record_stale = true;
+      const Error e = durable.error().wrap(
+          "generation " + std::to_string(report->last_generation) +
+          " is live but could not be recorded in " + store->dir() +
+          "; it is not acknowledged, and a restart before the next successful record would "
+          "restore generation " + std::to_string(report->first_generation - 1));
+      spdlog::error("{}", e.message());
+      for (ItemPtr& item : ok) finish(item, e);
+      for_each_listener([&](EventListener& l) { l.on_committed(event); });
+      drain_and_publish();
+      flush_idle();
+      return;
+    }
     // G4: commit() returned after the barrier, so acking now is safe.
     for (size_t i = 0; i < ok.size(); ++i) {
       PushResult r;
@@ -321,6 +459,7 @@ struct Committer::Impl {
     }
     for_each_listener([&](EventListener& l) { l.on_committed(event); });
     const double drain_ms = drain_and_publish();
+    flush_idle();
     for (size_t i = 0; i < ok.size(); ++i) {
       const Generation& gen = ok[i]->request.generation;
       spdlog::info(
@@ -368,13 +507,18 @@ struct Committer::Impl {
     Generation gen;
     gen.label = "rollback to " + std::to_string(target);
     const StateSnapshot& want = *rec->state;
+    std::vector<Digest> digests;
     for (const auto& [key, contents] : want) {
       auto cur = state.find(key);
       if (cur != state.end() && cur->second == contents) continue;
-      gen.changes.push_back(SlotChange{key.first, key.second, false, *contents});
+      gen.changes.push_back(SlotChange{key.first, key.second, false, contents->entries});
+      digests.push_back(contents->digest);
     }
     for (const auto& [key, contents] : state) {
-      if (!want.count(key)) gen.changes.push_back(SlotChange{key.first, key.second, true, {}});
+      if (!want.count(key)) {
+        gen.changes.push_back(SlotChange{key.first, key.second, true, {}});
+        digests.emplace_back();
+      }
     }
     if (gen.changes.empty()) {
       finish(item, failed_precondition("the data plane already holds the state of generation " +
@@ -388,6 +532,7 @@ struct Committer::Impl {
     }
     item->request.generation = std::move(gen);
     item->built = std::move(b).value();
+    item->digests = std::move(digests);  // the recorded contents files are still there
     item->rollback_to = target;  // reported back as PushResult::restored
     commit_batch({item});
   }
@@ -401,13 +546,19 @@ struct Committer::Impl {
     rec.committed_unix_ms = unix_ms_now();
     rec.changes = static_cast<uint32_t>(gen.changes.size());
     rec.request_id = item.request.request_id;
-    for (const SlotChange& c : gen.changes) {
+    for (size_t i = 0; i < gen.changes.size(); ++i) {
+      const SlotChange& c = gen.changes[i];
       rec.entries += c.entries.size();
       auto key = std::make_pair(c.map, c.slot);
-      if (c.remove) state.erase(key);
-      else state[key] = std::make_shared<const std::vector<Entry>>(c.entries);
+      if (c.remove) {
+        state.erase(key);
+        continue;
+      }
+      Digest digest = i < item.digests.size() ? item.digests[i] : Digest{};
+      state[key] = std::make_shared<const SlotData>(SlotData{c.entries, std::move(digest)});
     }
     rec.state = std::make_shared<const StateSnapshot>(state);
+    if (store) rec.content_hash = generation_hash(stored_generation(rec).slots);
     history.push_front(std::move(rec));
     while (history.size() > options.history) history.pop_back();
   }
@@ -426,6 +577,8 @@ struct Committer::Impl {
       DrainedEvent e{std::move(r)};
       for_each_listener([&](EventListener& l) { l.on_drained(e); });
     }
+    const DrainFinishedEvent finished{ms, records->size()};
+    for_each_listener([&](EventListener& l) { l.on_drain_finished(finished); });
     return ms;
   }
 
@@ -451,6 +604,144 @@ struct Committer::Impl {
     view = std::move(v);
   }
 
+  // ---- recovery (G8) -------------------------------------------------------------------------
+
+  // Loads the record, finishes drains left pinned, and brings the data plane to the recorded
+  // generation: untouched when the adopted maps match it, re-committed (same id) otherwise.
+  Status recover() {
+    POLICYD_ASSIGN_OR_RETURN(std::optional<StoredState> stored, store->load());
+    if (!stored) return adopt_without_record();
+    POLICYD_TRY(load_history(*stored));
+    std::map<CounterKey, uint64_t> totals;
+    for (const StoredCounter& c : stored->drained) totals[{c.map, c.slot, c.field}] = c.total;
+    engine->restore_drained_totals(std::move(totals));
+    POLICYD_TRY(engine->recover_drain_pins(
+        {stored->drained_inner_ids.begin(), stored->drained_inner_ids.end()}));
+
+    const uint64_t id = stored->generation;
+    std::vector<StoredSlot> recorded;
+    if (!stored->history.empty()) recorded = stored->history.front().slots;
+    POLICYD_ASSIGN_OR_RETURN(Generation repair, repair_changes(recorded));
+    if (repair.changes.empty()) {
+      engine->set_generation(id);
+      spdlog::info("adopted generation {}: the pinned maps match its record ({} slot(s)); the "
+                   "data plane was not touched", id, recorded.size());
+    } else {
+      const size_t differ = repair.changes.size();
+      POLICYD_ASSIGN_OR_RETURN(BuiltGeneration rebuilt, engine->build(repair));
+      Result<CommitReport> report = engine->restore(std::move(rebuilt), id);
+      if (!report.ok()) return report.error().wrap("restore generation " + std::to_string(id));
+      spdlog::warn("restored generation {}: {} slot(s) differed from its record (empty bpffs "
+                   "after a reboot, or a crash in the middle of a commit)", id, differ);
+    }
+    read_live_ids();
+    drain_and_publish();
+    return write_record();
+  }
+
+  // No record yet (first start, or the state directory was moved away): the pinned maps are
+  // taken as they are and recorded.
+  Status adopt_without_record() {
+    POLICYD_TRY(engine->recover_drain_pins({}));
+    load_adopted_state();
+    if (!state.empty()) {
+      spdlog::warn("no record in {}: adopted the pinned maps as they are ({} slot(s))",
+                   store->dir(), state.size());
+    }
+    StateSnapshot with_digests;
+    for (const auto& [key, contents] : state) {
+      const InnerTemplate& t = engine->maps().at(key.first).inner;
+      POLICYD_ASSIGN_OR_RETURN(Digest d, store->put_contents(contents->entries, t.key_size, t.value_size));
+      with_digests[key] = std::make_shared<const SlotData>(SlotData{contents->entries, std::move(d)});
+    }
+    POLICYD_TRY(store->sync_contents());
+    state = std::move(with_digests);
+    if (!state.empty()) {
+      GenerationRecord rec;
+      rec.id = engine->current_generation();
+      rec.label = "adopted";
+      rec.committed_unix_ms = unix_ms_now();
+      rec.state = std::make_shared<const StateSnapshot>(state);
+      rec.content_hash = generation_hash(stored_generation(rec).slots);
+      history.push_front(std::move(rec));
+    }
+    drain_and_publish();
+    return write_record();
+  }
+
+  // History (and the current state) from the record; contents files are read once each.
+  Status load_history(const StoredState& stored) {
+    std::map<Digest, std::shared_ptr<const SlotData>> loaded;
+    for (const StoredGeneration& g : stored.history) {
+      StateSnapshot snap;
+      for (const StoredSlot& slot : g.slots) {
+        auto it = loaded.find(slot.contents);
+        if (it == loaded.end()) {
+          POLICYD_ASSIGN_OR_RETURN(std::vector<Entry> entries, store->get_contents(slot.contents));
+          it = loaded.emplace(slot.contents, std::make_shared<const SlotData>(
+                                                 SlotData{std::move(entries), slot.contents}))
+                   .first;
+        }
+        snap[{slot.map, slot.slot}] = it->second;
+      }
+      GenerationRecord rec;
+      static_cast<GenerationMeta&>(rec) = g;
+      rec.content_hash = g.content_hash;
+      rec.state = std::make_shared<const StateSnapshot>(std::move(snap));
+      history.push_back(std::move(rec));
+      // A retried push after the restart is answered from the record (idempotency survives).
+      if (!g.request_id.empty() && !requests.count(g.request_id)) {
+        RequestState rs;
+        rs.done = true;
+        rs.result.generation = g.id;
+        requests.emplace(g.request_id, std::move(rs));
+        request_order.push_front(g.request_id);
+      }
+    }
+    while (history.size() > options.history) history.pop_back();
+    if (!history.empty()) state = *history.front().state;
+    return {};
+  }
+
+  // The changes that bring the adopted maps to the recorded slots: a slot is right when the
+  // inner map the record names (by kernel id) is the one installed there.
+  Result<Generation> repair_changes(const std::vector<StoredSlot>& recorded) {
+    std::map<std::pair<std::string, Bytes>, const StoredSlot*> want;
+    for (const StoredSlot& s : recorded) {
+      if (!engine->maps().count(s.map)) {
+        spdlog::warn("the record names map \"{}\", which the config no longer has; ignored", s.map);
+        continue;
+      }
+      want[{s.map, s.slot}] = &s;
+    }
+    Generation repair;
+    repair.label = "restore";
+    for (const auto& [name, cfg] : engine->maps()) {
+      POLICYD_ASSIGN_OR_RETURN(std::vector<SlotInfo> live, engine->slots(name));
+      for (const SlotInfo& info : live) {
+        auto it = want.find({name, info.slot});
+        if (it == want.end()) {
+          repair.changes.push_back(SlotChange{name, info.slot, true, {}});
+        } else if (it->second->inner_id == info.map_id) {
+          want.erase(it);  // the recorded inner map itself: nothing to do
+        }
+      }
+    }
+    for (const auto& [key, slot] : want) {
+      repair.changes.push_back(SlotChange{key.first, key.second, false, state.at(key)->entries});
+    }
+    return repair;
+  }
+
+  void read_live_ids() {
+    live_ids.clear();
+    for (const auto& [name, cfg] : engine->maps()) {
+      Result<std::vector<SlotInfo>> slots = engine->slots(name);
+      if (!slots.ok()) continue;
+      for (const SlotInfo& s : *slots) live_ids[{name, s.slot}] = s.map_id;
+    }
+  }
+
   // Reads what adopted slots hold, so that rollback diffs start from the truth.
   void load_adopted_state() {
     for (const auto& [name, cfg] : engine->maps()) {
@@ -466,15 +757,32 @@ struct Committer::Impl {
         for (DrainedEntry& e : dump->entries) {
           entries.push_back(Entry{std::move(e.key), std::move(e.values.front())});
         }
-        state[{name, s.slot}] = std::make_shared<const std::vector<Entry>>(std::move(entries));
+        state[{name, s.slot}] = std::make_shared<const SlotData>(SlotData{std::move(entries), {}});
+        live_ids[{name, s.slot}] = s.map_id;
       }
     }
   }
 };
 
 Committer::Committer(std::unique_ptr<Engine> engine, CommitterOptions options)
-    : impl_(std::make_unique<Impl>(std::move(engine), options)) {
+    : impl_(std::make_unique<Impl>(std::move(engine), nullptr, options)) {
   impl_->load_adopted_state();
+  start();
+}
+
+Committer::Committer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<Committer>> Committer::open(std::unique_ptr<Engine> engine,
+                                                   std::unique_ptr<StateStore> store,
+                                                   CommitterOptions options) {
+  auto impl = std::make_unique<Impl>(std::move(engine), std::move(store), options);
+  POLICYD_TRY(impl->recover());
+  std::unique_ptr<Committer> c(new Committer(std::move(impl)));
+  c->start();
+  return c;
+}
+
+void Committer::start() {
   impl_->publish_view();
   impl_->builder_thread = std::thread([this] { impl_->builder_loop(); });
   impl_->committer_thread = std::thread([this] { impl_->committer_loop(); });
@@ -528,6 +836,57 @@ Status Committer::add_maps(std::vector<OuterMapConfig> maps) {
     done.set_value(std::move(st));
   });
   return result.get();
+}
+
+Status Committer::remove_maps(std::vector<std::string> maps, std::string label) {
+  std::promise<Status> done;
+  std::future<Status> result = done.get_future();
+  post([&](Engine* engine) {
+    if (!engine) {
+      done.set_value(unavailable());
+      return;
+    }
+    Impl& impl = *impl_;
+    // One generation empties the maps (recorded and drained like any other), then they go.
+    auto item = std::make_shared<Impl::Item>();
+    item->request.generation.label = label;
+    for (const auto& [key, contents] : impl.state) {
+      if (std::find(maps.begin(), maps.end(), key.first) != maps.end()) {
+        item->request.generation.changes.push_back(SlotChange{key.first, key.second, true, {}});
+      }
+    }
+    Status emptied;
+    if (!item->request.generation.changes.empty()) {
+      item->done = [&](Result<PushResult> r) { if (!r.ok()) emptied = r.error(); };
+      item->digests.assign(item->request.generation.changes.size(), Digest{});
+      Result<BuiltGeneration> b = engine->build(item->request.generation);
+      if (!b.ok()) {
+        done.set_value(b.error());
+        return;
+      }
+      item->built = std::move(b).value();
+      impl.commit_batch({item});
+    }
+    if (!emptied.ok()) {
+      done.set_value(emptied.error().wrap("empty the removed maps"));
+      return;
+    }
+    std::unique_lock maps_lock(impl.maps_mu);
+    Status st = engine->remove_maps(maps);
+    maps_lock.unlock();
+    impl.publish_view();
+    done.set_value(std::move(st));
+  });
+  return result.get();
+}
+
+void Committer::set_history(uint32_t history) {
+  post([this, history](Engine* engine) {
+    if (!engine) return;
+    impl_->options.history = history;
+    while (impl_->history.size() > history) impl_->history.pop_back();
+    impl_->publish_view();
+  });
 }
 
 std::shared_ptr<const CommitterView> Committer::view() const {

@@ -21,6 +21,7 @@
 
 #include "core/engine.h"
 #include "core/model.h"
+#include "core/state_store.h"
 #include "util/result.h"
 
 namespace policyd::core {
@@ -40,19 +41,19 @@ struct PushResult {
 
 using PushCallback = std::function<void(Result<PushResult>)>;
 
-// The data-plane contents of a slot as pushed (counter fields zeroed); shared between
-// snapshots so that each history record costs only the slots it changed.
-using SlotContents = std::shared_ptr<const std::vector<Entry>>;
+// The data-plane contents of a slot as pushed; shared between snapshots so that each history
+// record costs only the slots it changed. `digest` names its contents file in state_dir (empty
+// when the committer runs without a StateStore).
+struct SlotData {
+  std::vector<Entry> entries;
+  Digest digest;
+};
+using SlotContents = std::shared_ptr<const SlotData>;
 using StateSnapshot = std::map<std::pair<std::string, Bytes>, SlotContents>;
 
-struct GenerationRecord {
-  uint64_t id = 0;
-  std::string label;
-  int64_t committed_unix_ms = 0;
-  uint32_t changes = 0;
-  uint64_t entries = 0;
-  std::string request_id;
+struct GenerationRecord : GenerationMeta {
   std::shared_ptr<const StateSnapshot> state;  // every slot after this generation
+  Digest content_hash;                         // generation_hash() of `state` (with a store)
 };
 
 // Events, delivered on the committer thread: listeners must not block.
@@ -65,10 +66,16 @@ struct CommittedEvent {
 struct DrainedEvent {
   DrainRecord record;
 };
+// After the drain that follows a commit: how long it took and how many inner maps it read.
+struct DrainFinishedEvent {
+  double drain_ms = 0;
+  size_t maps = 0;
+};
 struct EventListener {
   virtual ~EventListener() = default;
   virtual void on_committed(const CommittedEvent& e) = 0;
   virtual void on_drained(const DrainedEvent& e) = 0;
+  virtual void on_drain_finished(const DrainFinishedEvent& /*e*/) {}
 };
 
 // A consistent, cheap copy of what readers need, refreshed after every commit.
@@ -89,7 +96,16 @@ struct CommitterOptions {
 
 class Committer {
  public:
+  // Without durable state: adopted slots are read back from the kernel; generation ids start
+  // at 0. Tests and tools use it.
   Committer(std::unique_ptr<Engine> engine, CommitterOptions options);
+  // With durable state (G8), before anything is served: loads the record (refusing a corrupt
+  // one), finishes drains a previous run left pinned, checks the adopted maps against the
+  // record and, when they differ (reboot, crash mid-commit), re-commits the recorded
+  // generation under its own id. The engine must have been opened with drain_pins.
+  [[nodiscard]] static Result<std::unique_ptr<Committer>> open(std::unique_ptr<Engine> engine,
+                                                               std::unique_ptr<StateStore> store,
+                                                               CommitterOptions options);
   ~Committer();  // stop()
   Committer(const Committer&) = delete;
   Committer& operator=(const Committer&) = delete;
@@ -108,6 +124,11 @@ class Committer {
   // Creates the outer maps a reloaded configuration adds. Blocks until the committer has done
   // it (between commits, with the builder paused). Never call it from the committer thread.
   [[nodiscard]] Status add_maps(std::vector<OuterMapConfig> maps);
+  // Empties the maps' slots in one generation (labelled `label`), drains them, then unpins
+  // and forgets the maps. Blocks like add_maps().
+  [[nodiscard]] Status remove_maps(std::vector<std::string> maps, std::string label);
+  // How many generations ListGenerations and Rollback keep; applies at once.
+  void set_history(uint32_t history);
 
   [[nodiscard]] std::shared_ptr<const CommitterView> view() const;
   void add_listener(std::shared_ptr<EventListener> listener);
@@ -118,6 +139,8 @@ class Committer {
 
  private:
   struct Impl;
+  explicit Committer(std::unique_ptr<Impl> impl);
+  void start();
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,6 +1,7 @@
 // Engine: outer-map ownership, the commit round with undo, atomic-group bank flips, drain.
 #include "core/engine.h"
 
+#include <dirent.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
@@ -12,6 +13,7 @@
 
 #include "core/drain.h"
 #include "kernel/map.h"
+#include "util/hex.h"
 
 namespace policyd::core {
 
@@ -177,6 +179,7 @@ Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
 
 Status Engine::open_maps() {
   POLICYD_TRY(make_dirs(pins_.dir()));
+  if (config_.drain_pins) POLICYD_TRY(make_dirs(pins_.drain_dir()));
   return add_maps(config_.maps);
 }
 
@@ -216,6 +219,38 @@ Status Engine::add_maps(const std::vector<OuterMapConfig>& maps) {
       POLICYD_TRY(open_outer(o, 0, m.name, pins_.outer(m.name)));
     }
     if (new_group) POLICYD_TRY(open_group(*new_group));
+  }
+  return {};
+}
+
+Status Engine::remove_maps(const std::vector<std::string>& maps) {
+  for (const std::string& name : maps) {
+    POLICYD_ASSIGN_OR_RETURN(const Outer* o, find(name));
+    if (!o->slots[o->active()].empty()) {
+      return failed_precondition("map \"" + name + "\" still has slots; empty it first");
+    }
+    for (const PendingDrain& p : pending_) {
+      if (p.inner->map == name) {
+        return failed_precondition("map \"" + name + "\" has inner maps waiting for their drain");
+      }
+    }
+  }
+  for (const std::string& name : maps) {
+    Outer& o = *outers_.at(name);
+    if (o.group) {
+      for (int bank = 0; bank < 2; ++bank) POLICYD_TRY(kernel::unpin(pins_.member(name, bank)));
+      Group* g = o.group;
+      g->members.erase(std::remove(g->members.begin(), g->members.end(), &o), g->members.end());
+      if (g->members.empty()) {
+        POLICYD_TRY(kernel::unpin(pins_.bank(g->name)));
+        groups_.erase(g->name);
+      }
+    } else {
+      POLICYD_TRY(kernel::unpin(pins_.outer(name)));
+    }
+    outers_.erase(name);
+    configs_.erase(name);
+    spdlog::info("removed map \"{}\" (unpinned; programs holding it keep it until they let go)", name);
   }
   return {};
 }
@@ -465,6 +500,17 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
                                : "commit generations " + std::to_string(plan.ids.front()) + ".." +
                                      std::to_string(plan.ids.back());
 
+  // G8: what leaves the data plane is pinned before the swap, so a crash before its drain is
+  // durable leaves it for the next start to drain.
+  if (config_.drain_pins) {
+    Status pinned = pin_leaving(plan);
+    if (!pinned.ok()) {
+      stats_.failed_commits++;
+      unpin_unless_pending(plan);
+      return pinned.error().wrap(what);
+    }
+  }
+
   auto t0 = std::chrono::steady_clock::now();
   // Hash outer maps whose new keys only fit once this commit's deletes are done: those deletes
   // go in a round of their own (one more grace period, only in that case).
@@ -485,6 +531,7 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
   if (round.error) {
     stats_.failed_commits++;
     Status undone = undo(plan, round);
+    unpin_unless_pending(plan);
     Error e = round.error->wrap(what);
     if (!undone.ok()) e.context += "; " + undone.error().context;
     else e.context += "; undone, the data plane keeps generation " + std::to_string(current_);
@@ -496,6 +543,7 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
       stats_.failed_commits++;
       round.applied.assign(plan.records.size(), true);
       Status undone = undo(plan, round);
+      unpin_unless_pending(plan);
       Error e = flipped.error().wrap(what);
       if (!undone.ok()) e.context += "; " + undone.error().context;
       return e;
@@ -534,6 +582,135 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
   return report;
 }
 
+Status Engine::pin_for_drain(InnerMap& inner) {
+  if (!inner.drain_pin.empty() || !inner.fd.valid()) return {};
+  const std::string path = pins_.drain_pin(inner.map, util::to_hex(inner.slot), inner.installed_by, inner.id);
+  POLICYD_TRY(kernel::pin(inner.fd.get(), path));
+  inner.drain_pin = path;
+  return {};
+}
+
+// Pins the inner maps a plan takes out of the data plane: replaced or deleted slots of plain
+// outer maps, and for atomic groups the active bank's maps the flip leaves behind.
+Status Engine::pin_leaving(const Plan& plan) {
+  std::vector<InnerRef> leaving;
+  for (const Plan::Record& r : plan.records) {
+    if (!r.outer->group && r.prev) leaving.push_back(r.prev);
+  }
+  for (Group* g : plan.groups) {
+    for (Outer* m : g->members) {
+      const auto& target = plan.group_target.at(m);
+      for (auto& [slot, old] : m->slots[g->active]) {
+        if (find_slot(target, slot) != old) leaving.push_back(old);
+      }
+    }
+  }
+  for (const InnerRef& inner : leaving) {
+    Status st = pin_for_drain(*inner);
+    if (!st.ok()) return st.error().wrap("pin the replaced inner map for its drain");
+  }
+  return {};
+}
+
+// After a failed commit: maps pinned for a drain that will not happen (they are live again).
+void Engine::unpin_unless_pending(const Plan& plan) {
+  std::set<const InnerMap*> pending;
+  for (const PendingDrain& p : pending_) pending.insert(p.inner.get());
+  auto release = [&](const InnerRef& inner) {
+    if (!inner || inner->drain_pin.empty() || pending.count(inner.get())) return;
+    (void)kernel::unpin(inner->drain_pin);
+    inner->drain_pin.clear();
+  };
+  for (const Plan::Record& r : plan.records) release(r.prev);
+  for (Group* g : plan.groups) {
+    for (Outer* m : g->members) {
+      for (auto& [slot, old] : m->slots[g->active]) release(old);
+    }
+  }
+  // Maps the undo took back out of the data plane are drained like any other.
+  for (const PendingDrain& p : pending_) {
+    Status st = pin_for_drain(*p.inner);
+    if (!st.ok()) spdlog::warn("{}", st.error().message());
+  }
+}
+
+Result<CommitReport> Engine::restore(BuiltGeneration gen, uint64_t id) {
+  const uint64_t before = current_;
+  current_ = id > 0 ? id - 1 : 0;
+  std::vector<BuiltGeneration> batch;
+  batch.push_back(std::move(gen));
+  Result<CommitReport> report = commit(std::move(batch));
+  current_ = report.ok() ? id : before;
+  return report;
+}
+
+std::vector<uint32_t> Engine::unreleased_drains() const {
+  std::vector<uint32_t> ids;
+  for (const InnerRef& inner : drained_) ids.push_back(inner->id);
+  return ids;
+}
+
+void Engine::release_drained() {
+  for (const InnerRef& inner : drained_) {
+    Status st = kernel::unpin(inner->drain_pin);
+    if (!st.ok()) spdlog::warn("{}", st.error().message());
+    inner->drain_pin.clear();
+  }
+  drained_.clear();
+}
+
+Status Engine::recover_drain_pins(const std::set<uint32_t>& counted) {
+  const std::string dir = pins_.drain_dir();
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      if (e->d_name[0] != '.') names.emplace_back(e->d_name);
+    }
+    ::closedir(d);
+  } else if (errno != ENOENT) {
+    return sys_error(errno, "open " + dir);
+  }
+  std::set<uint32_t> live;
+  for (auto& [name, o] : outers_) {
+    for (int bank = 0; bank < o->banks(); ++bank) {
+      for (auto& [slot, inner] : o->slots[bank]) live.insert(inner->id);
+    }
+  }
+  size_t recovered = 0;
+  for (const std::string& name : names) {
+    const std::string path = dir + "/" + name;
+    POLICYD_ASSIGN_OR_RETURN(kernel::UniqueFd fd, kernel::open_pinned(path));
+    POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(fd.get()));
+    if (counted.count(info.id) || live.count(info.id)) {
+      // Drained before the crash (its totals are durable), or the swap never happened.
+      POLICYD_TRY(kernel::unpin(path));
+      continue;
+    }
+    // "<map>_<slot hex>_<installed_by>_<id>"; the map name may itself contain '_'.
+    const size_t p3 = name.rfind('_');
+    const size_t p2 = p3 == std::string::npos || p3 == 0 ? std::string::npos : name.rfind('_', p3 - 1);
+    const size_t p1 = p2 == std::string::npos || p2 == 0 ? std::string::npos : name.rfind('_', p2 - 1);
+    Result<Bytes> slot = p1 == std::string::npos ? Result<Bytes>(invalid_argument("bad name"))
+                                                 : util::from_hex(name.substr(p1 + 1, p2 - p1 - 1));
+    const std::string map = p1 == std::string::npos ? "" : name.substr(0, p1);
+    if (!slot.ok() || !configs_.count(map)) {
+      spdlog::warn("{}: not a drain pin of a configured map; left in place", path);
+      continue;
+    }
+    auto inner = std::make_shared<InnerMap>();
+    inner->fd = std::move(fd);
+    inner->id = info.id;
+    inner->map = map;
+    inner->slot = std::move(slot).value();
+    inner->installed_by = std::strtoull(name.substr(p2 + 1, p3 - p2 - 1).c_str(), nullptr, 10);
+    inner->drain_pin = path;
+    pending_.push_back({std::move(inner), 0});
+    ++recovered;
+  }
+  if (recovered) spdlog::info("{}: {} replaced inner map(s) left by the last run, to drain", dir, recovered);
+  return {};
+}
+
 Result<CommitReport> Engine::push(const Generation& gen) {
   POLICYD_ASSIGN_OR_RETURN(BuiltGeneration built, build(gen));
   std::vector<BuiltGeneration> batch;
@@ -555,6 +732,7 @@ Result<std::vector<DrainRecord>> Engine::drain() {
       stats_.drained_maps++;
       stats_.drained_entries += rec->entries.size();
       records.push_back(std::move(rec).value());
+      if (!p.inner->drain_pin.empty()) drained_.push_back(p.inner);
       // A group member's old bank may still reference the map until the next commit writes
       // that bank; the kernel frees it then. policyd is done with it now.
       p.inner->fd.reset();
@@ -567,6 +745,9 @@ Result<std::vector<DrainRecord>> Engine::drain() {
 EngineStats Engine::stats() const {
   EngineStats s = stats_;
   s.writer = writer_->stats();
+  for (auto& [name, o] : outers_) {
+    for (int bank = 0; bank < o->banks(); ++bank) s.live_inner_maps += o->slots[bank].size();
+  }
   return s;
 }
 

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,7 @@ struct EngineStats {
   uint64_t failed_commits = 0;
   uint64_t drained_maps = 0;
   uint64_t drained_entries = 0;
+  uint64_t live_inner_maps = 0;     // inner maps installed in outer maps (both banks of groups)
   WriterStats writer;               // rounds, waiting calls, explicit barriers
 };
 
@@ -70,6 +72,9 @@ class Engine {
   // Creates (or adopts) outer maps added to the configuration, as open() does. Committer
   // thread only, and no build() may run meanwhile (it reads the map configurations).
   [[nodiscard]] Status add_maps(const std::vector<OuterMapConfig>& maps);
+  // Unpins and forgets outer maps whose slots are all empty and drained (a reloaded
+  // configuration no longer lists them). Programs that hold them keep them until they let go.
+  [[nodiscard]] Status remove_maps(const std::vector<std::string>& maps);
 
   [[nodiscard]] Status validate(const Generation& gen) const;
   [[nodiscard]] Result<BuiltGeneration> build(const Generation& gen);
@@ -80,7 +85,26 @@ class Engine {
   // Convenience: build + commit one generation.
   [[nodiscard]] Result<CommitReport> push(const Generation& gen);
   // Reads out and closes every inner map that left the data plane at an earlier commit.
+  // With drain_pins, their pins stay until release_drained().
   [[nodiscard]] Result<std::vector<DrainRecord>> drain();
+  // Ids of drained inner maps whose pins are still there: the durable record lists them, so
+  // that a restart before release_drained() does not count them twice.
+  [[nodiscard]] std::vector<uint32_t> unreleased_drains() const;
+  // Removes the pins of drained maps (call once their totals are durable).
+  void release_drained();
+
+  // ---- recovery (G8); before the first commit -----------------------------------------------
+  // The generation the pinned maps hold, as the durable record says.
+  void set_generation(uint64_t id) { current_ = id; }
+  void restore_drained_totals(std::map<CounterKey, uint64_t> totals) {
+    drained_totals_ = std::move(totals);
+  }
+  // Takes up the maps a previous run left under the drain directory: pins of maps already in
+  // `counted` (or still live in a slot) are removed; the others are queued for drain().
+  [[nodiscard]] Status recover_drain_pins(const std::set<uint32_t>& counted);
+  // Commits `gen` as generation `id` (not as a new generation): re-creates or repairs what the
+  // durable record says the data plane holds.
+  [[nodiscard]] Result<CommitReport> restore(BuiltGeneration gen, uint64_t id);
 
   [[nodiscard]] uint64_t current_generation() const { return current_; }
   [[nodiscard]] Strategy strategy() const { return writer_->strategy(); }
@@ -124,6 +148,9 @@ class Engine {
   Result<const Outer*> find(const std::string& map) const;
 
   Plan plan(std::vector<BuiltGeneration>& batch);
+  Status pin_leaving(const Plan& plan);
+  void unpin_unless_pending(const Plan& plan);
+  Status pin_for_drain(InnerMap& inner);
   Status undo(Plan& plan, const RoundResult& round);
   Status flip_groups(Plan& plan);
 
@@ -137,6 +164,7 @@ class Engine {
   std::map<std::string, std::unique_ptr<Outer>> outers_;
   std::map<std::string, std::unique_ptr<Group>> groups_;
   std::vector<PendingDrain> pending_;
+  std::vector<InnerRef> drained_;  // drained, still pinned until release_drained()
   std::map<CounterKey, uint64_t> drained_totals_;
   uint64_t current_ = 0;
   EngineStats stats_;

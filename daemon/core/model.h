@@ -58,6 +58,10 @@ struct EngineConfig {
   BarrierMode barrier = BarrierMode::kAuto;
   size_t build_threads = 2;     // builders fill inner maps in parallel
   size_t barrier_threads = 64;  // concurrent outer-map writes (their waits overlap)
+  // Pin every inner map that is about to leave the data plane under <pin_dir>/_drain before
+  // the swap, and keep the pin after the drain until release_drained(): a crash between
+  // barrier and durable drain record loses no counter (G8). The daemon turns it on.
+  bool drain_pins = false;
 };
 
 struct Entry {

@@ -25,6 +25,16 @@ class PinPaths {
   [[nodiscard]] std::string bank(const std::string& group) const {
     return outer(bank_name(group));
   }
+  // Replaced inner maps wait here, pinned, until their drain is durable (G8). bpffs refuses
+  // '.' in names, so this is "_drain" rather than a hidden ".drain"; map names cannot start
+  // with '_'.
+  [[nodiscard]] std::string drain_dir() const { return dir_ + "/_drain"; }
+  // "<map>_<slot hex>_<installed_by>_<id>": enough to attribute the counters after a restart.
+  [[nodiscard]] std::string drain_pin(const std::string& map, const std::string& slot_hex,
+                                      uint64_t installed_by, uint32_t id) const {
+    return drain_dir() + "/" + map + "_" + slot_hex + "_" + std::to_string(installed_by) + "_" +
+           std::to_string(id);
+  }
 
  private:
   std::string dir_;

@@ -194,6 +194,14 @@ Status validate_map_config(const OuterMapConfig& map) {
   // Group members are pinned as <name>_a / <name>_b, which must also fit 15 characters.
   const std::string longest = map.group.empty() ? map.name : map.name + "_a";
   if (Status st = kernel::check_map_name(longest); !st.ok()) return st.error().wrap(at);
+  // bpffs refuses '.' in file names (EPERM), and names starting with '_' are policyd's own
+  // pins (the drain directory).
+  if (map.name.find('.') != std::string::npos) {
+    return invalid_argument(at + ": '.' is not allowed (bpffs refuses it in pin names)");
+  }
+  if (map.name.front() == '_' || (!map.group.empty() && map.group.front() == '_')) {
+    return invalid_argument(at + ": names starting with '_' are reserved for policyd");
+  }
   if (!map.group.empty()) {
     Status st = kernel::check_map_name(map.group + "_bank");
     if (!st.ok()) return st.error().wrap(at + " group \"" + map.group + "\"");

@@ -252,7 +252,7 @@ OuterMapConfig good_map() { return outer("acl", OuterKind::kArray, inner(BPF_MAP
 
 TEST(ValidateMapConfig, AcceptsValidConfigs) {
   OuterMapConfig m = good_map();
-  m.name = "abcdefghijklmn.";  // 15 characters, '.' allowed
+  m.name = "abcdefghijklmn_";  // 15 characters
   Status st = validate_map_config(m);
   EXPECT_TRUE(st.ok()) << st.error().message();
 
@@ -265,6 +265,18 @@ TEST(ValidateMapConfig, AcceptsValidConfigs) {
   OuterMapConfig lpm = outer("nets", OuterKind::kHash, inner(BPF_MAP_TYPE_LPM_TRIE, 20));
   st = validate_map_config(lpm);
   EXPECT_TRUE(st.ok()) << st.error().message();
+}
+
+// bpffs refuses '.' in pin names (EPERM), and '_' starts policyd's own pins (<pin_dir>/_drain).
+TEST(ValidateMapConfig, RefusesNamesBpffsCannotPinOrPolicydReserves) {
+  OuterMapConfig m = good_map();
+  m.name = "acl.v4";
+  expect_invalid(validate_map_config(m), {"map \"acl.v4\"", "'.'", "bpffs"});
+  m.name = "_drain";
+  expect_invalid(validate_map_config(m), {"map \"_drain\"", "reserved"});
+  OuterMapConfig g = good_map();
+  g.group = "_grp";
+  expect_invalid(validate_map_config(g), {"reserved"});
 }
 
 TEST(ValidateMapConfig, RefusesNameTooLong) {
