@@ -18,7 +18,7 @@ readonly PACKAGES=(
   build-essential cmake ninja-build pkg-config
   clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
-  libspdlog-dev libfmt-dev libyaml-cpp-dev libboost-dev libsystemd-dev
+  libspdlog-dev libfmt-dev libyaml-cpp-dev libboost-dev libsystemd-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 openssl
 )

@@ -29,6 +29,12 @@ grpc::Status not_found(std::string context) {
   return to_grpc_status(Error{ErrorCode::kNotFound, 0, std::move(context)});
 }
 
+// A write (push or rollback) ends with `status`: a failure is reported to the observer, if any.
+grpc::Status observed(const std::shared_ptr<ApiObserver>& observer, grpc::Status status) {
+  if (observer && !status.ok()) observer->on_push_failed(status.error_code());
+  return status;
+}
+
 const config::MapSchema* find_schema(const config::DaemonConfig& config, const std::string& map) {
   auto it = config.schemas.find(map);
   return it == config.schemas.end() ? nullptr : &it->second;
@@ -303,14 +309,15 @@ class PolicyService::PushStream final : public grpc::ServerReadReactor<v1::PushG
  public:
   PushStream(core::Committer& committer, std::shared_ptr<const config::DaemonConfig> config,
              grpc::CallbackServerContext* ctx, v1::PushGenerationResponse* response,
-             const grpc::Status& denied)
+             const grpc::Status& denied, std::shared_ptr<ApiObserver> observer)
       : committer_(committer),
         config_(std::move(config)),
         assembler_(*config_),
         ctx_(ctx),
-        response_(response) {
+        response_(response),
+        observer_(std::move(observer)) {
     if (!denied.ok()) {
-      Finish(denied);
+      Finish(observed(observer_, denied));
       return;
     }
     StartRead(&message_);
@@ -320,7 +327,7 @@ class PolicyService::PushStream final : public grpc::ServerReadReactor<v1::PushG
     if (ok) {
       Status st = assembler_.add(message_);
       if (!st.ok()) {
-        Finish(to_grpc_status(st.error()));
+        Finish(observed(observer_, to_grpc_status(st.error())));
         return;
       }
       message_.Clear();
@@ -329,16 +336,18 @@ class PolicyService::PushStream final : public grpc::ServerReadReactor<v1::PushG
     }
     // No more messages: the client half-closed, or went away. Only the former commits.
     if (ctx_->IsCancelled()) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "push stream cancelled; nothing committed"));
+      Finish(observed(observer_, grpc::Status(grpc::StatusCode::CANCELLED,
+                                              "push stream cancelled; nothing committed")));
       return;
     }
     if (assembler_.messages() == 0) {
-      Finish(to_grpc_status(invalid_argument("the push stream carried no message")));
+      Finish(observed(observer_,
+                      to_grpc_status(invalid_argument("the push stream carried no message"))));
       return;
     }
     committer_.push(assembler_.take(), [this](Result<core::PushResult> r) {
       if (!r.ok()) {
-        Finish(to_grpc_status(r.error()));
+        Finish(observed(observer_, to_grpc_status(r.error())));
         return;
       }
       to_proto(*r, response_);
@@ -355,6 +364,7 @@ class PolicyService::PushStream final : public grpc::ServerReadReactor<v1::PushG
   grpc::CallbackServerContext* ctx_;
   v1::PushGenerationResponse* response_;
   v1::PushGenerationRequest message_;
+  std::shared_ptr<ApiObserver> observer_;
 };
 
 // ---- reloads -------------------------------------------------------------------------------
@@ -408,11 +418,13 @@ class PolicyService::ReloadThread {
 // ---- the service ---------------------------------------------------------------------------
 
 PolicyService::PolicyService(core::Committer& committer, ConfigSource config,
-                             std::shared_ptr<const Authorizer> authorizer, ReloadHook reload)
+                             std::shared_ptr<const Authorizer> authorizer, ReloadHook reload,
+                             std::shared_ptr<ApiObserver> observer)
     : committer_(committer),
       config_(std::move(config)),
       authorizer_(std::move(authorizer)),
       reload_(std::move(reload)),
+      observer_(std::move(observer)),
       hub_(std::make_shared<EventHub>(config_)),
       reload_thread_(std::make_unique<ReloadThread>()) {
   committer_.add_listener(hub_);
@@ -446,17 +458,18 @@ grpc::ServerUnaryReactor* PolicyService::PushGeneration(grpc::CallbackServerCont
                                                         v1::PushGenerationResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (grpc::Status st = authorize(*ctx, Access::kWrite, "PushGeneration"); !st.ok()) {
-    reactor->Finish(st);
+    reactor->Finish(observed(observer_, st));
     return reactor;
   }
   Result<core::PushRequest> req = to_push_request(*request, *config_());
   if (!req.ok()) {
-    reactor->Finish(to_grpc_status(req.error()));
+    reactor->Finish(observed(observer_, to_grpc_status(req.error())));
     return reactor;
   }
-  committer_.push(std::move(req).value(), [reactor, response](Result<core::PushResult> r) {
+  committer_.push(std::move(req).value(), [reactor, response,
+                                           observer = observer_](Result<core::PushResult> r) {
     if (!r.ok()) {
-      reactor->Finish(to_grpc_status(r.error()));
+      reactor->Finish(observed(observer, to_grpc_status(r.error())));
       return;
     }
     to_proto(*r, response);
@@ -468,7 +481,7 @@ grpc::ServerUnaryReactor* PolicyService::PushGeneration(grpc::CallbackServerCont
 grpc::ServerReadReactor<v1::PushGenerationRequest>* PolicyService::PushGenerationStream(
     grpc::CallbackServerContext* ctx, v1::PushGenerationResponse* response) {
   return new PushStream(committer_, config_(), ctx, response,
-                        authorize(*ctx, Access::kWrite, "PushGenerationStream"));
+                        authorize(*ctx, Access::kWrite, "PushGenerationStream"), observer_);
 }
 
 grpc::ServerUnaryReactor* PolicyService::GetState(grpc::CallbackServerContext* ctx,
@@ -515,14 +528,14 @@ grpc::ServerUnaryReactor* PolicyService::Rollback(grpc::CallbackServerContext* c
                                                   v1::RollbackResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (grpc::Status st = authorize(*ctx, Access::kWrite, "Rollback"); !st.ok()) {
-    reactor->Finish(st);
+    reactor->Finish(observed(observer_, st));
     return reactor;
   }
   // "The one before the current" (0) is resolved by the committer at commit time.
   committer_.rollback(request->generation(), request->expected_generation(), request->request_id(),
-                      [reactor, response](Result<core::PushResult> r) {
+                      [reactor, response, observer = observer_](Result<core::PushResult> r) {
                         if (!r.ok()) {
-                          reactor->Finish(to_grpc_status(r.error()));
+                          reactor->Finish(observed(observer, to_grpc_status(r.error())));
                           return;
                         }
                         response->set_generation(r->generation);

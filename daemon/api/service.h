@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "api/auth.h"
+#include "api/observer.h"
 #include "api/reload.h"
 #include "config/config.h"
 #include "core/committer.h"
@@ -26,9 +27,11 @@ class PolicyService final : public v1::Policy::CallbackService {
 
   // `committer` must outlive the service, and the service must outlive the grpc::Server that
   // serves it (destroy the server, or Shutdown() + Wait() it, first). Registers an event
-  // listener with the committer; the destructor removes it.
+  // listener with the committer; the destructor removes it. `observer` (optional) hears about
+  // failed pushes and rollbacks.
   PolicyService(core::Committer& committer, ConfigSource config,
-                std::shared_ptr<const Authorizer> authorizer, ReloadHook reload);
+                std::shared_ptr<const Authorizer> authorizer, ReloadHook reload,
+                std::shared_ptr<ApiObserver> observer = nullptr);
   ~PolicyService() override;
   PolicyService(const PolicyService&) = delete;
   PolicyService& operator=(const PolicyService&) = delete;
@@ -80,6 +83,7 @@ class PolicyService final : public v1::Policy::CallbackService {
   ConfigSource config_;
   std::shared_ptr<const Authorizer> authorizer_;
   ReloadHook reload_;
+  std::shared_ptr<ApiObserver> observer_;  // may be null
   std::shared_ptr<EventHub> hub_;
   std::unique_ptr<ReloadThread> reload_thread_;
 };

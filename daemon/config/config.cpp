@@ -1,9 +1,11 @@
 // Config loader: yaml-cpp nodes -> DaemonConfig, with file:line:col and field paths on errors.
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <grp.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -82,6 +84,30 @@ class Reader {
  private:
   std::string file_;
 };
+
+// Why `listen` cannot be the metrics endpoint's address, or "" when it can. The endpoint is plain
+// HTTP without authentication: loopback only (127.0.0.0/8), whatever the configuration says.
+std::string metrics_listen_problem(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos) {
+    return "\"" + listen + "\" is not host:port (e.g. 127.0.0.1:9464)";
+  }
+  const std::string host = listen.substr(0, colon);
+  const std::string port = listen.substr(colon + 1);
+  in_addr addr{};
+  if (::inet_pton(AF_INET, host.c_str(), &addr) != 1 || (ntohl(addr.s_addr) >> 24) != 127) {
+    return "\"" + host +
+           "\" is not a loopback IPv4 address: the metrics endpoint is unauthenticated HTTP and "
+           "listens on 127.0.0.0/8 only (scrape it through a local agent or proxy)";
+  }
+  auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+  const bool digits =
+      !port.empty() && port.size() <= 5 && std::all_of(port.begin(), port.end(), is_digit);
+  if (!digits || std::stoul(port) > 65535) {
+    return "\"" + port + "\" is not a port (0 to 65535; 0 picks a free one)";
+  }
+  return "";
+}
 
 Result<AllowList> read_allow(const Reader& r, const YAML::Node& node, const std::string& path) {
   AllowList list;
@@ -373,6 +399,9 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
     POLICYD_TRY(r.only_keys(metrics, "metrics", {"listen"}));
     if (metrics["listen"]) {
       POLICYD_ASSIGN_OR_RETURN(cfg.metrics_listen, r.str(metrics["listen"], "metrics.listen"));
+      const std::string why =
+          cfg.metrics_listen.empty() ? "" : metrics_listen_problem(cfg.metrics_listen);
+      if (!why.empty()) return r.error(metrics["listen"], "metrics.listen", why);
     }
   }
   const YAML::Node maps = root["maps"];

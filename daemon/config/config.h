@@ -67,7 +67,7 @@ struct DaemonConfig {
   Limits limits;
   std::string log_level = "info";
   bool remove_unlisted_maps = false;
-  std::string metrics_listen;  // empty: no metrics endpoint
+  std::string metrics_listen;  // empty: no metrics endpoint; else "127.x.y.z:port" (loopback)
 };
 
 [[nodiscard]] Result<DaemonConfig> load_config_file(const std::string& path);
