@@ -21,6 +21,7 @@ readonly PACKAGES=(
   libspdlog-dev libfmt-dev libyaml-cpp-dev libboost-dev libsystemd-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 openssl
+  systemd dpkg-dev file
 )
 
 usage() {
