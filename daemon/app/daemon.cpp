@@ -19,9 +19,12 @@
 
 #include "api/service.h"
 #include "app/peers.h"
+#include "app/systemd.h"
 #include "app/unix_listener.h"
 #include "core/committer.h"
 #include "core/engine.h"
+#include "core/state_store.h"
+#include "metrics/http_server.h"
 
 namespace policyd::app {
 namespace {
@@ -74,7 +77,7 @@ std::string map_change(const core::OuterMapConfig& a, const config::MapSchema& s
 void configure_logging(const std::string& level) {
   spdlog::set_level(spdlog::level::from_str(level));
   // Under systemd, journald stamps every line itself.
-  if (std::getenv("JOURNAL_STREAM")) spdlog::set_pattern("[%l] %v");
+  if (stderr_is_journal()) spdlog::set_pattern("[%l] %v");
 }
 
 struct Daemon::Impl {
@@ -90,7 +93,10 @@ struct Daemon::Impl {
   std::unique_ptr<api::PolicyService> service;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<UnixListener> listener;
+  std::shared_ptr<metrics::PolicydMetrics> metrics;        // null: metrics.listen not set
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
   bool stopping = false;
+  Systemd systemd;  // sd_notify and the watchdog; last, so its timer goes before io
 
   std::shared_ptr<const config::DaemonConfig> current_config() const {
     std::lock_guard lock(config_mu);
@@ -131,34 +137,50 @@ struct Daemon::Impl {
       }
       old_maps.erase(it);
     }
-    if (next.remove_unlisted_maps && !old_maps.empty()) {
-      return failed_precondition(
-          "reload refused: remove_unlisted_maps would remove map \"" + old_maps.begin()->first +
-          "\"; removing maps is not supported yet (unpin it by hand after a restart)");
-    }
-    // Maps missing from the file stay in the engine: keep serving them.
-    for (const auto& [name, m] : old_maps) {
-      summary.kept.push_back(name);
-      next.engine.maps.push_back(*m);
-      next.schemas.emplace(name, old->schemas.at(name));
+    std::vector<std::string> removed;
+    if (next.remove_unlisted_maps) {
+      for (const auto& [name, m] : old_maps) removed.push_back(name);
+    } else {
+      // Maps missing from the file stay in the engine: keep serving them.
+      for (const auto& [name, m] : old_maps) {
+        summary.kept.push_back(name);
+        next.engine.maps.push_back(*m);
+        next.schemas.emplace(name, old->schemas.at(name));
+      }
     }
     if (!added.empty()) POLICYD_TRY(committer->add_maps(added));
     for (const auto& m : added) summary.added.push_back(m.name);
+    if (!removed.empty()) {
+      POLICYD_TRY(committer->remove_maps(removed, "reload: remove unlisted maps"));
+      summary.removed = removed;
+    }
+    committer->set_history(next.history);
     configure_logging(next.log_level);
     authorizer->set_api_config(next.api);
     {
       std::lock_guard lock(config_mu);
       config = std::make_shared<const config::DaemonConfig>(std::move(next));
     }
-    spdlog::info("reloaded {}: {} map(s) added, {} kept though no longer listed", config_path,
-                 summary.added.size(), summary.kept.size());
+    spdlog::info("reloaded {}: {} map(s) added, {} removed, {} kept though no longer listed",
+                 config_path, summary.added.size(), summary.removed.size(), summary.kept.size());
     return summary;
+  }
+
+  // reload() between RELOADING=1 and READY=1; a refused reload ends in READY=1 too (the old
+  // configuration keeps running).
+  Result<api::ReloadSummary> notified_reload() {
+    systemd.reloading();
+    Result<api::ReloadSummary> r = reload();
+    systemd.reloaded(r.ok() ? "serving generation " + std::to_string(committer->view()->generation)
+                            : "reload refused: " + r.error().message());
+    return r;
   }
 
   void on_signal(const boost::system::error_code& ec, int sig) {
     if (ec) return;
     if (sig == SIGHUP) {
-      Result<api::ReloadSummary> r = reload();
+      Result<api::ReloadSummary> r = notified_reload();
+      if (metrics) metrics->on_reload(r.ok());
       if (r.ok()) service->publish_reloaded(*r);
       else spdlog::error("SIGHUP: {}", r.error().message());
       wait_signals();
@@ -175,7 +197,10 @@ struct Daemon::Impl {
   void shutdown() {
     if (stopping) return;
     stopping = true;
+    systemd.stopping();
+    systemd.stop_watchdog();
     if (listener) listener->close();
+    metrics_server.reset();  // stops scrapes (waits for one in progress)
     // Every push already accepted is committed and acked (new ones get UNAVAILABLE); then the
     // server cancels what is left (WatchEvents streams, idle connections) after a short grace.
     committer->stop();
@@ -199,20 +224,35 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
   configure_logging(cfg.log_level);
   impl->config = std::make_shared<const config::DaemonConfig>(cfg);
 
-  POLICYD_ASSIGN_OR_RETURN(std::unique_ptr<core::Engine> engine, core::Engine::open(cfg.engine));
+  // G8: the record in state_dir decides what the data plane holds before anything is served.
+  POLICYD_ASSIGN_OR_RETURN(std::unique_ptr<core::StateStore> store,
+                           core::StateStore::open(cfg.state_dir));
+  core::EngineConfig engine_config = cfg.engine;
+  engine_config.drain_pins = true;
+  POLICYD_ASSIGN_OR_RETURN(std::unique_ptr<core::Engine> engine,
+                           core::Engine::open(std::move(engine_config)));
   core::CommitterOptions options;
   options.history = cfg.history;
-  impl->committer = std::make_unique<core::Committer>(std::move(engine), options);
+  POLICYD_ASSIGN_OR_RETURN(impl->committer,
+                           core::Committer::open(std::move(engine), std::move(store), options));
 
   impl->authorizer = std::make_shared<PeerAuthorizer>(cfg.api);
   Impl* self = impl.get();
+  if (!cfg.metrics_listen.empty()) {
+    impl->metrics =
+        std::make_shared<metrics::PolicydMetrics>([self] { return self->committer->view(); });
+    impl->committer->add_listener(impl->metrics);
+  }
   impl->service = std::make_unique<api::PolicyService>(
       *impl->committer, [self] { return self->current_config(); }, impl->authorizer,
       [self]() -> Result<api::ReloadSummary> {
         // ReloadConfig runs on a gRPC thread; reloads are serialised by the config mutex
         // inside and touch only thread-safe pieces.
-        return self->reload();
-      });
+        Result<api::ReloadSummary> r = self->notified_reload();
+        if (self->metrics) self->metrics->on_reload(r.ok());
+        return r;
+      },
+      impl->metrics);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -231,6 +271,11 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
   }
   impl->server = builder.BuildAndStart();
   if (!impl->server) return Error{ErrorCode::kInternal, 0, "gRPC server failed to start"};
+  if (impl->metrics) {
+    POLICYD_ASSIGN_OR_RETURN(impl->metrics_server,
+                             metrics::MetricsServer::start(cfg.metrics_listen, impl->metrics));
+    spdlog::info("metrics listening on {}", impl->metrics_server->address());
+  }
 
   POLICYD_ASSIGN_OR_RETURN(impl->listener, UnixListener::open(impl->io, cfg.api));
   impl->listener->start([self](kernel::UniqueFd conn, PeerIdentity peer) {
@@ -250,6 +295,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
 }
 
 int Daemon::run() {
+  // Maps adopted or restored, the API listening: ready for the service manager.
+  impl_->systemd.ready(impl_->committer->view()->generation);
+  impl_->systemd.start_watchdog(impl_->io, *impl_->committer);
   impl_->io.run();
   if (impl_->server) impl_->server->Wait();
   spdlog::info("stopped; pinned maps keep generation {}", impl_->committer->view()->generation);

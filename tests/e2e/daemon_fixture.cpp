@@ -128,6 +128,23 @@ bool socket_accepts(const std::string& path) {
   return ok;
 }
 
+// The test's environment with `changes` applied ("NAME=value" sets, "NAME" removes).
+std::vector<std::string> child_environment(const std::vector<std::string>& changes) {
+  auto name_of = [](const std::string& entry) { return entry.substr(0, entry.find('=')); };
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry = *e;
+    const bool changed = std::any_of(changes.begin(), changes.end(), [&](const std::string& c) {
+      return name_of(c) == name_of(entry);
+    });
+    if (!changed) env.push_back(entry);
+  }
+  for (const std::string& c : changes) {
+    if (c.find('=') != std::string::npos) env.push_back(c);
+  }
+  return env;
+}
+
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -153,6 +170,7 @@ std::string config_yaml(const DaemonOptions& o, const std::string& socket,
     << "limits: {max_message_bytes: " << o.max_message_bytes
     << ", max_entries_per_push: " << o.max_entries_per_push << "}\n"
     << "log_level: " << o.log_level << "\n"
+    << (o.metrics_yaml.empty() ? "" : "metrics: " + o.metrics_yaml + "\n")
     << o.maps_yaml;
   return y.str();
 }
@@ -306,6 +324,8 @@ Status DaemonProcess::start(std::chrono::milliseconds ready_timeout) {
   const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   std::vector<std::string> args = {policyd_bin(), "--config", config_path_};
   std::vector<char*> argv = c_argv(args);
+  std::vector<std::string> env = child_environment(options_.env);
+  std::vector<char*> envp = c_argv(env);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
@@ -321,7 +341,7 @@ Status DaemonProcess::start(std::chrono::milliseconds ready_timeout) {
     // The daemon must not outlive a crashed test run.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(125);
-    ::execv(argv[0], argv.data());
+    ::execve(argv[0], argv.data(), envp.data());
     static const char kMsg[] = "e2e fixture: execv policyd failed\n";
     (void)!::write(2, kMsg, sizeof(kMsg) - 1);
     ::_exit(127);

@@ -71,6 +71,11 @@ struct DaemonOptions {
   bool world_traversable = false;
   // When not empty, the `api.tls` value (a YAML flow map: "{listen: ..., cert: ..., ...}").
   std::string tls_yaml;
+  // The daemon's environment on top of the test's: "NAME=value" sets or replaces a variable,
+  // a bare "NAME" removes it (NOTIFY_SOCKET, WATCHDOG_USEC, JOURNAL_STREAM...).
+  std::vector<std::string> env;
+  // When not empty, the `metrics` value (a YAML flow map: "{listen: 127.0.0.1:0}").
+  std::string metrics_yaml;
 };
 
 // The full YAML config for `options` with the given paths.

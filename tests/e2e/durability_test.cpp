@@ -1,0 +1,484 @@
+// G8 end to end: what policyd records in state_dir and what it does with it at the next start.
+// Restart with maps pinned (adopt, touch nothing), reboot (empty bpffs: re-create before ready),
+// drains a previous run left pinned, corrupt records (refuse to start, say how to recover), map
+// removal on reload, and the crash loop: SIGKILL at random moments while pushes stream in and a
+// counter program runs, 50 times.
+#include <bpf/libbpf.h>
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "daemon_fixture.h"
+#include "kernel/map.h"
+#include "support/prog_run.h"
+#include "test_progs.h"
+#include "test_progs.skel.h"
+
+namespace policyd::e2e {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct SkelDeleter {
+  void operator()(test_progs* s) const { test_progs__destroy(s); }
+};
+using SkelPtr = std::unique_ptr<test_progs, SkelDeleter>;
+
+constexpr uint32_t kSlot = 5;  // the slot the counter program looks up
+
+class DurabilityTest : public DaemonTest {
+ protected:
+  DaemonOptions daemon_options() const override {
+    DaemonOptions o;
+    o.barrier = "batch";  // no probe at every start: the crash loop restarts 50 times
+    o.log_level = "info";
+    return o;
+  }
+
+  // test_progs with arr_lpm replaced by the pinned acl; the program looks up 10.1.2.3 in
+  // acl slot kSlot and bumps the hit counter of the entry it finds.
+  SkelPtr load_counter_program() {
+    auto acl = kernel::open_pinned(pin("acl"));
+    EXPECT_TRUE(acl.ok()) << acl.error().message();
+    if (!acl.ok()) return nullptr;
+    SkelPtr skel(test_progs__open());
+    if (!skel) return nullptr;
+    if (bpf_map__reuse_fd(skel->maps.arr_lpm, acl->get()) != 0) return nullptr;
+    if (test_progs__load(skel.get()) != 0) return nullptr;
+    skel->bss->slot = kSlot;
+    const uint8_t addr[4] = {10, 1, 2, 3};
+    std::memcpy(&skel->bss->lpm_addr, addr, 4);
+    return skel;
+  }
+
+  // Drained + live hits of every acl slot, summed (GetCounters).
+  uint64_t total_hits() {
+    grpc::ClientContext ctx;
+    set_deadline(ctx);
+    v1::GetCountersRequest req;
+    req.set_map("acl");
+    v1::GetCountersResponse resp;
+    grpc::Status s = stub().GetCounters(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << describe(s);
+    uint64_t sum = 0;
+    for (const v1::CounterValue& c : resp.counters()) {
+      if (c.field() == "hits") sum += c.drained() + c.live();
+    }
+    return sum;
+  }
+
+  std::string state_file() const { return daemon_state_dir() + "/state"; }
+  std::string daemon_state_dir() const {
+    return const_cast<DurabilityTest*>(this)->daemon().state_dir();
+  }
+
+  // Names under <pin_dir>/_drain.
+  std::vector<std::string> drain_pins() {
+    std::vector<std::string> names;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(pin_dir() + "/_drain", ec)) {
+      names.push_back(e.path().filename());
+    }
+    return names;
+  }
+
+  // Every acl inner map (lpm_trie named "acl") alive in the kernel sits in an acl slot, once
+  // the kernel has finished freeing what a killed process left (frees are deferred).
+  void expect_no_leaked_inner_maps(const std::string& when) {
+    size_t alive = 0;
+    size_t in_slots = 0;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    do {
+      in_slots = snapshot()["acl"].size();
+      alive = 0;
+      auto ids = kernel::list_map_ids();
+      ASSERT_TRUE(ids.ok()) << ids.error().message();
+      for (uint32_t id : *ids) {
+        auto fd = kernel::map_fd_by_id(id);
+        if (!fd.ok()) continue;
+        auto info = kernel::map_info(fd->get());
+        if (info.ok() && info->type == BPF_MAP_TYPE_LPM_TRIE && info->name == "acl") ++alive;
+      }
+      if (alive == in_slots) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    } while (std::chrono::steady_clock::now() < deadline);
+    ADD_FAILURE() << when << ": " << alive << " acl inner maps alive in the kernel, " << in_slots
+                  << " in slots";
+  }
+
+  // SIGKILL and wait for the exit.
+  void kill_daemon() {
+    daemon().signal(SIGKILL);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (daemon().running() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    ASSERT_FALSE(daemon().running()) << "policyd survived SIGKILL";
+  }
+
+  // Starts the daemon and expects it to refuse; returns its log.
+  std::string start_expect_refusal() {
+    Status st = daemon().start(std::chrono::seconds(5));
+    EXPECT_FALSE(st.ok()) << "policyd started on a corrupt record";
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (daemon().running() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_FALSE(daemon().running());
+    EXPECT_NE(daemon().exit_code().value_or(0), 0);
+    return daemon().log();
+  }
+};
+
+// The kernel's acl entries of `slot` (nullopt: empty slot).
+std::optional<std::map<Bytes, Bytes>> acl_entries(const std::string& pin_dir, uint32_t slot) {
+  auto ks = read_kernel_slot(pin_dir + "/acl", u32le(slot));
+  EXPECT_TRUE(ks.ok()) << ks.error().message();
+  if (!ks.ok() || !ks->has_value()) return std::nullopt;
+  return (*ks)->entries;
+}
+
+void unpin_everything(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.is_directory()) {
+      unpin_everything(e.path());
+      ::rmdir(e.path().c_str());
+    } else {
+      ::unlink(e.path().c_str());
+    }
+  }
+}
+
+TEST_F(DurabilityTest, RestartKeepsGenerationIdsHistoryAndRequestIds) {
+  v1::PushGenerationRequest a = acl_push(0, {{"10.0.0.0/8", 1}}, "a");
+  a.set_request_id("req-a");
+  const uint64_t ga = push_ok(a);
+  const uint64_t gb = push_ok(acl_push(1, {{"192.168.0.0/16", 2}}, "b"));
+  ASSERT_EQ(gb, ga + 1);
+  const KernelSnapshot snap = snapshot();
+  stop_daemon_expect_clean();
+  restart_daemon();
+  ASSERT_FALSE(HasFatalFailure());
+
+  EXPECT_EQ(snapshot(), snap) << "a restart with the maps pinned must not touch the data plane";
+  EXPECT_TRUE(contains_all(daemon().log(), {"adopted generation " + std::to_string(gb),
+                                            "not touched"}))
+      << daemon().log();
+  EXPECT_EQ(get_state().generation(), gb) << "the generation id must survive a restart";
+  v1::ListGenerationsResponse gens = list_generations();
+  ASSERT_GE(gens.generations_size(), 2);
+  EXPECT_EQ(gens.generations(0).generation(), gb);
+  EXPECT_EQ(gens.generations(0).label(), "b");
+  EXPECT_EQ(gens.generations(1).label(), "a");
+
+  // A client retrying an acked push after the restart gets the original answer.
+  v1::PushGenerationResponse resp;
+  grpc::Status s = push(a, &resp);
+  ASSERT_TRUE(s.ok()) << describe(s);
+  EXPECT_EQ(resp.generation(), ga);
+  EXPECT_TRUE(resp.replayed());
+  // Rollback reaches generations committed before the restart.
+  EXPECT_EQ(push_ok(acl_push(2, {{"172.16.0.0/12", 3}}, "c")), gb + 1);
+  CmdResult r = ctl({"rollback", std::to_string(ga)});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(acl_entries(pin_dir(), 1).has_value()) << "rollback to a did not empty slot 1";
+  EXPECT_TRUE(acl_entries(pin_dir(), 0).has_value());
+}
+
+TEST_F(DurabilityTest, RebootRecreatesTheRecordedGenerationBeforeReady) {
+  push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
+  v1::PushGenerationRequest req = acl_push(3, {{"10.1.0.0/16", 4}, {"10.2.0.0/16", 5}}, "b");
+  add_change(req, "ports", fields_slot({{"ifindex", "7"}}),
+             {typed_entry({{"port", "53"}, {"proto", "17"}}, {{"verdict", "1"}})});
+  const uint64_t gb = push_ok(req);
+  const auto slot0 = acl_entries(pin_dir(), 0);
+  const auto slot3 = acl_entries(pin_dir(), 3);
+  ASSERT_TRUE(slot0 && slot3);
+  stop_daemon_expect_clean();
+
+  unpin_everything(pin_dir());  // what a reboot leaves: an empty bpffs
+  ASSERT_FALSE(kernel::open_pinned(pin("acl")).ok());
+  restart_daemon();  // returns once the API answers
+  ASSERT_FALSE(HasFatalFailure());
+
+  EXPECT_EQ(acl_entries(pin_dir(), 0), slot0) << "slot 0 was not re-created before ready";
+  EXPECT_EQ(acl_entries(pin_dir(), 3), slot3) << "slot 3 was not re-created before ready";
+  Bytes ports_slot = {7, 0, 0, 0};
+  auto ports = read_kernel_slot(pin("ports"), ports_slot);
+  ASSERT_TRUE(ports.ok()) << ports.error().message();
+  ASSERT_TRUE(ports->has_value()) << "ports slot 7 was not re-created";
+  EXPECT_EQ((*ports)->entries.size(), 1u);
+  EXPECT_EQ(get_state().generation(), gb) << "a re-commit keeps the recorded generation id";
+  EXPECT_TRUE(contains_all(daemon().log(), {"restored generation " + std::to_string(gb)}))
+      << daemon().log();
+  // GetState agrees with the kernel.
+  EXPECT_EQ(snapshot().at("acl").size(), 2u);
+}
+
+TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
+  push_ok(acl_push(kSlot, {{"10.1.2.0/24", 7}}, "a"));
+  stop_daemon_expect_clean();
+
+  // What a crash between swap and durable drain record leaves: a replaced inner map, pinned
+  // under _drain, holding counts that no record has. Made by hand with acl's inner layout.
+  kernel::MapSpec spec{BPF_MAP_TYPE_LPM_TRIE, "acl", kAclKeySize, kAclValueSize, kAclInnerMax,
+                       BPF_F_NO_PREALLOC, -1};
+  auto inner = kernel::create_map(spec);
+  ASSERT_TRUE(inner.ok()) << inner.error().message();
+  ASSERT_TRUE(kernel::update_elem(inner->get(), acl_key(24, 10, 1, 2, 0).data(),
+                                  acl_value(7, 4242).data())
+                  .ok());
+  auto info = kernel::map_info(inner->get());
+  ASSERT_TRUE(info.ok());
+  const std::string pin_path = pin_dir() + "/_drain/acl_" + hex(u32le(kSlot)) + "_1_" +
+                               std::to_string(info->id);
+  ASSERT_TRUE(kernel::pin(inner->get(), pin_path).ok());
+  inner->reset();
+
+  restart_daemon();
+  ASSERT_FALSE(HasFatalFailure());
+  EXPECT_EQ(total_hits(), 4242u) << "the pinned map's counts were not drained at start";
+  EXPECT_TRUE(drain_pins().empty()) << "drain pins left after the start: " << drain_pins().size();
+  // And they are durable: another restart does not count them twice.
+  stop_daemon_expect_clean();
+  restart_daemon();
+  EXPECT_EQ(total_hits(), 4242u);
+}
+
+TEST_F(DurabilityTest, ReplacedMapsArePinnedOnlyUntilTheirDrainIsDurable) {
+  SkelPtr skel = load_counter_program();
+  ASSERT_NE(skel, nullptr);
+  for (uint32_t i = 0; i < 5; ++i) {
+    push_ok(acl_push(kSlot, {{"10.1.2.0/24", i}}, "g" + std::to_string(i)));
+    ASSERT_TRUE(test::run_xdp(bpf_program__fd(skel->progs.count_arr_lpm), 10).ok());
+  }
+  // The last drain is written when the committer goes idle; then no pin is left.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!drain_pins().empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(drain_pins().empty());
+  EXPECT_EQ(total_hits(), 50u);
+  stop_daemon_expect_clean();
+  restart_daemon();
+  EXPECT_EQ(total_hits(), 50u) << "drained totals did not survive the restart";
+}
+
+TEST_F(DurabilityTest, CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover) {
+  push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
+  stop_daemon_expect_clean();
+  const std::string path = state_file();
+  const auto size = fs::file_size(path);
+
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  ASSERT_EQ(bytes.size(), size);
+
+  // Truncated (a torn write policyd's rename protocol never leaves, but a disk might).
+  fs::resize_file(path, size - 3);
+  std::string log = start_expect_refusal();
+  EXPECT_TRUE(contains_all(log, {path, "corrupt", "truncated", "to recover", "mv"})) << log;
+  // Empty.
+  fs::resize_file(path, 0);
+  log = start_expect_refusal();
+  EXPECT_TRUE(contains_all(log, {path, "corrupt", "truncated"})) << log;
+  // Restored from a backup: it starts on the recorded generation.
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << bytes;
+  }
+  restart_daemon();
+  EXPECT_EQ(get_state().generation(), 1u);
+}
+
+TEST_F(DurabilityTest, DamagedContentsFileAndFlippedByteAreReported) {
+  push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
+  stop_daemon_expect_clean();
+  const std::string path = state_file();
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::string flipped = bytes;
+  flipped[flipped.size() / 2] ^= 0x40;
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << flipped;
+  }
+  std::string log = start_expect_refusal();
+  EXPECT_TRUE(contains_all(log, {path, "corrupt", "checksum"})) << log;
+
+  // The manifest is fine again, but a contents file it names is damaged.
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << bytes;
+  }
+  std::vector<fs::path> contents;
+  for (const auto& e : fs::directory_iterator(daemon_state_dir() + "/contents")) {
+    contents.push_back(e.path());
+  }
+  ASSERT_FALSE(contents.empty());
+  for (const fs::path& p : contents) fs::resize_file(p, fs::file_size(p) - 1);
+  log = start_expect_refusal();
+  EXPECT_TRUE(contains_all(log, {"contents", "corrupt", "to recover"})) << log;
+
+  // The advice works: with the state directory moved aside, policyd adopts what is pinned.
+  fs::rename(daemon_state_dir(), daemon_state_dir() + ".bad");
+  restart_daemon();
+  ASSERT_FALSE(HasFatalFailure());
+  EXPECT_TRUE(acl_entries(pin_dir(), 0).has_value());
+  EXPECT_TRUE(contains_all(daemon().log(), {"no record", "adopted the pinned maps"}));
+}
+
+TEST_F(DurabilityTest, ReloadRemovesUnlistedMapsWhenAskedAndResizesHistory) {
+  v1::PushGenerationRequest req = acl_push(0, {{"10.0.0.0/8", 1}}, "a");
+  add_change(req, "ports", fields_slot({{"ifindex", "3"}}),
+             {typed_entry({{"port", "443"}, {"proto", "6"}}, {{"verdict", "1"}})});
+  push_ok(req);
+  for (int i = 0; i < 4; ++i) push_ok(acl_push(1, {{"10.0.0.0/8", 2}}, "h" + std::to_string(i)));
+
+  DaemonOptions o = daemon_options();
+  o.history = 2;
+  const auto ports = o.maps_yaml.find("  - name: ports");
+  const auto blob = o.maps_yaml.find("  - name: blob");
+  ASSERT_NE(ports, std::string::npos);
+  o.maps_yaml.erase(ports, blob - ports);
+  ASSERT_TRUE(daemon().rewrite_config(o).ok());
+  {
+    std::ofstream out(daemon().config_path(), std::ios::app);
+    out << "remove_unlisted_maps: true\n";
+  }
+  grpc::ClientContext ctx;
+  set_deadline(ctx);
+  v1::ReloadConfigResponse resp;
+  grpc::Status s = stub().ReloadConfig(&ctx, v1::ReloadConfigRequest(), &resp);
+  ASSERT_TRUE(s.ok()) << describe(s);
+  EXPECT_EQ(std::vector<std::string>(resp.removed_maps().begin(), resp.removed_maps().end()),
+            std::vector<std::string>{"ports"});
+  EXPECT_FALSE(kernel::open_pinned(pin("ports")).ok()) << "ports is still pinned";
+  EXPECT_TRUE(kernel::open_pinned(pin("acl")).ok());
+  EXPECT_EQ(list_generations().generations_size(), 2) << "history: 2 did not apply live";
+  const v1::GetStateResponse after = get_state();
+  for (const v1::MapState& m : after.maps()) EXPECT_NE(m.name(), "ports");
+  // The removal survives a restart (the record no longer names ports' slots).
+  ASSERT_TRUE(daemon().rewrite_config(o).ok());
+  stop_daemon_expect_clean();
+  restart_daemon();
+  EXPECT_FALSE(kernel::open_pinned(pin("ports")).ok());
+}
+
+// The crash loop (G8): SIGKILL at random moments while pushes stream in and the counter
+// program runs. Every push writes the same action (its sequence number) to three acl slots, so
+// a mix of generations within the map shows as different actions.
+TEST_F(DurabilityTest, SurvivesFiftySigkillsWithoutLosingAGenerationOrACount) {
+  constexpr int kKills = 50;
+  constexpr uint32_t kSlots[] = {kSlot, kSlot + 1, kSlot + 2};
+  const uint32_t seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+
+  push_ok(acl_push(kSlot, {{"10.1.2.0/24", 0}}, "s0"));
+  SkelPtr skel = load_counter_program();
+  ASSERT_NE(skel, nullptr);
+  const int prog = bpf_program__fd(skel->progs.count_arr_lpm);
+
+  // The data plane keeps running across daemon deaths: the program holds the outer map.
+  std::atomic<bool> stop_program{false};
+  std::thread program([&] {
+    while (!stop_program) (void)test::run_xdp(prog, 20);
+  });
+
+  uint64_t seq = 0;
+  uint64_t last_acked = 0;
+  for (int kill = 0; kill < kKills && !HasFatalFailure(); ++kill) {
+    std::atomic<bool> stop_pushing{false};
+    std::atomic<uint64_t> acked{last_acked};
+    std::atomic<uint64_t> sent{seq};
+    std::thread pusher([&, stub = daemon().new_stub()] {
+      while (!stop_pushing) {
+        const uint64_t n = sent + 1;
+        v1::PushGenerationRequest req;
+        req.set_label("s" + std::to_string(n));
+        for (uint32_t slot : kSlots) {
+          add_change(req, "acl", index_slot(slot),
+                     {typed_entry({{"prefix", "10.1.2.0/24"}}, {{"action", std::to_string(n)}})});
+        }
+        sent = n;
+        grpc::ClientContext ctx;
+        set_deadline(ctx, std::chrono::seconds(5));
+        v1::PushGenerationResponse resp;
+        if (!stub->PushGeneration(&ctx, req, &resp).ok()) return;  // the daemon died
+        acked = n;
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<>(5, 150)(rng)));
+    kill_daemon();
+    stop_pushing = true;
+    pusher.join();
+    seq = sent;
+    last_acked = acked;
+
+    restart_daemon();
+    ASSERT_FALSE(HasFatalFailure()) << "restart " << kill;
+    // One generation in the whole map, acked or in flight.
+    std::set<Bytes> actions;
+    for (uint32_t slot : kSlots) {
+      auto entries = acl_entries(pin_dir(), slot);
+      if (!entries) {
+        actions.insert({});  // never written yet
+        continue;
+      }
+      ASSERT_EQ(entries->size(), 1u);
+      actions.insert(Bytes(entries->begin()->second.begin(), entries->begin()->second.begin() + 4));
+    }
+    ASSERT_EQ(actions.size(), 1u) << "restart " << kill << ": acl holds a mix of generations";
+    const Bytes& a = *actions.begin();
+    if (!a.empty()) {
+      uint32_t action = 0;
+      std::memcpy(&action, a.data(), 4);
+      EXPECT_GE(action, last_acked) << "restart " << kill << ": an acked generation was lost";
+      EXPECT_LE(action, seq) << "restart " << kill;
+      EXPECT_EQ(list_generations().generations(0).label(), "s" + std::to_string(action))
+          << "restart " << kill << ": GetState and the kernel disagree";
+    }
+    // GetState agrees with the kernel, slot by slot.
+    std::map<Bytes, uint32_t> reported;
+    const v1::GetStateResponse state = get_state();
+    for (const v1::MapState& m : state.maps()) {
+      if (m.name() != "acl") continue;
+      for (const v1::SlotState& s : m.live_slots()) reported[u32le(s.slot().index())] = s.map_id();
+    }
+    EXPECT_EQ(reported, snapshot()["acl"]) << "restart " << kill;
+    expect_no_leaked_inner_maps("after restart " + std::to_string(kill));
+  }
+
+  stop_program = true;
+  program.join();
+  // Wait for the last drains, then: no leaks, and every count is somewhere.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!drain_pins().empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(drain_pins().empty());
+  EXPECT_EQ(total_hits(), skel->bss->hits_found)
+      << "drained totals + live counters != program hits after " << kKills << " SIGKILLs";
+
+  expect_no_leaked_inner_maps("at the end");
+}
+
+}  // namespace
+}  // namespace policyd::e2e
