@@ -7,11 +7,25 @@
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
+#include <string>
+
+#include <sys/utsname.h>
+#include <unistd.h>
 
 #include "kernel/map.h"
 #include "support/bpffs.h"
 
 namespace policyd::bench {
+
+void print_run_header(const char* tool, int argc, char** argv) {
+  std::string cmd;
+  for (int i = 0; i < argc; ++i) cmd += (i ? " " : "") + std::string(argv[i]);
+  utsname uts{};
+  ::uname(&uts);
+  std::printf("%s\ncommand: %s\n", tool, cmd.c_str());
+  std::printf("kernel:  %s %s (%s), online cpus %ld\n", uts.sysname, uts.release, uts.machine,
+              ::sysconf(_SC_NPROCESSORS_ONLN));
+}
 
 Summary summarize(std::vector<double> v) {
   Summary s;

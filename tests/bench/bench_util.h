@@ -20,6 +20,8 @@ struct Summary {
 [[nodiscard]] Summary summarize(std::vector<double> v);
 [[nodiscard]] double ms_since(std::chrono::steady_clock::time_point t0);
 [[nodiscard]] const char* verdict(bool ok);
+// The first lines of a bench's output: its name, the command line, the kernel and CPUs.
+void print_run_header(const char* tool, int argc, char** argv);
 // A progress line on stderr (the table goes to stdout).
 void progress(const std::string& msg);
 // /proc/loadavg's first three fields; with `warn`, a note when the machine is not idle (grace

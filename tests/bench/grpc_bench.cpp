@@ -8,7 +8,6 @@
 // nothing about speed and exits 0 whenever it ran (77: bpf not permitted, 1: setup failed).
 #include <grpcpp/grpcpp.h>
 #include <linux/bpf.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -326,14 +325,7 @@ Options parse_options(int argc, char** argv) {
 
 int run(int argc, char** argv) {
   const Options opt = parse_options(argc, argv);
-  std::string cmd;
-  for (int i = 0; i < argc; ++i) cmd += (i ? " " : "") + std::string(argv[i]);
-  utsname uts{};
-  ::uname(&uts);
-  std::printf("policyd_grpc_bench\n");
-  std::printf("command: %s\n", cmd.c_str());
-  std::printf("kernel:  %s %s (%s), online cpus %ld\n", uts.sysname, uts.release, uts.machine,
-              ::sysconf(_SC_NPROCESSORS_ONLN));
+  print_run_header("policyd_grpc_bench", argc, argv);
   std::printf("daemon:  %s\n", e2e::policyd_bin().c_str());
   std::printf("load:    %s at start\n", load_average(true).c_str());
   std::fflush(stdout);

@@ -527,17 +527,23 @@ v1::SlotChange* add_delete(v1::PushGenerationRequest& req, const std::string& ma
   return c;
 }
 
-v1::PushGenerationRequest acl_push(uint32_t slot,
-                                   const std::vector<std::pair<std::string, uint32_t>>& rules,
-                                   const std::string& label) {
+v1::PushGenerationRequest rules_push(const std::string& map, const v1::SlotRef& slot,
+                                     const std::vector<std::pair<std::string, uint32_t>>& rules,
+                                     const std::string& label) {
   v1::PushGenerationRequest req;
   req.set_label(label);
   std::vector<v1::Entry> entries;
   for (const auto& [prefix, action] : rules) {
     entries.push_back(typed_entry({{"prefix", prefix}}, {{"action", std::to_string(action)}}));
   }
-  add_change(req, "acl", index_slot(slot), entries);
+  add_change(req, map, slot, entries);
   return req;
+}
+
+v1::PushGenerationRequest acl_push(uint32_t slot,
+                                   const std::vector<std::pair<std::string, uint32_t>>& rules,
+                                   const std::string& label) {
+  return rules_push("acl", index_slot(slot), rules, label);
 }
 
 void set_deadline(grpc::ClientContext& ctx, std::chrono::milliseconds timeout) {

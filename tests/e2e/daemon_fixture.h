@@ -189,6 +189,11 @@ v1::SlotChange* add_change(v1::PushGenerationRequest& req, const std::string& ma
                            const v1::SlotRef& slot, const std::vector<v1::Entry>& entries);
 v1::SlotChange* add_delete(v1::PushGenerationRequest& req, const std::string& map,
                            const v1::SlotRef& slot);
+// `map` slot `slot` = {prefix -> action}, typed: {"10.0.0.0/8", 1} (any map whose key has a
+// `prefix` field and whose value has an `action` field).
+[[nodiscard]] v1::PushGenerationRequest rules_push(
+    const std::string& map, const v1::SlotRef& slot,
+    const std::vector<std::pair<std::string, uint32_t>>& rules, const std::string& label = "");
 // acl slot `slot` = {prefix -> action}, typed: {"10.0.0.0/8", 1}.
 [[nodiscard]] v1::PushGenerationRequest acl_push(
     uint32_t slot, const std::vector<std::pair<std::string, uint32_t>>& rules,
