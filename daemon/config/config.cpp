@@ -3,9 +3,12 @@
 
 #include <arpa/inet.h>
 #include <grp.h>
+#include <pwd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
+#include <optional>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -109,6 +112,22 @@ std::string metrics_listen_problem(const std::string& listen) {
   return "";
 }
 
+std::optional<uint32_t> user_id(const std::string& name) {
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (::getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found) != 0 || !found) return {};
+  return found->pw_uid;
+}
+
+std::optional<uint32_t> group_id(const std::string& name) {
+  std::vector<char> buf(65536);
+  group gr{};
+  group* found = nullptr;
+  if (::getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found) != 0 || !found) return {};
+  return found->gr_gid;
+}
+
 Result<AllowList> read_allow(const Reader& r, const YAML::Node& node, const std::string& path) {
   AllowList list;
   if (!node.IsDefined() || node.IsNull()) return list;
@@ -117,10 +136,25 @@ Result<AllowList> read_allow(const Reader& r, const YAML::Node& node, const std:
     const YAML::Node ids = node[field];
     if (!ids.IsDefined() || ids.IsNull()) continue;
     const std::string p = Reader::join(path, field);
-    if (!ids.IsSequence()) return r.error(ids, p, "must be a list of numeric ids");
+    if (!ids.IsSequence()) return r.error(ids, p, "must be a list of ids or names");
+    const bool users = field[0] == 'u';
     for (size_t i = 0; i < ids.size(); ++i) {
-      POLICYD_ASSIGN_OR_RETURN(uint64_t id, r.uint(ids[i], Reader::index(p, i), UINT32_MAX - 1));
-      if (field[0] == 'u') list.uids.insert(static_cast<uid_t>(id));
+      const YAML::Node& item = ids[i];
+      const std::string ip = Reader::index(p, i);
+      const std::string text = item.IsScalar() ? item.Scalar() : "";
+      uint64_t id = 0;
+      if (!text.empty() && !std::isdigit(static_cast<unsigned char>(text[0]))) {
+        // A name, resolved now (start and reload): the policyd group of deploy/systemd, say.
+        std::optional<uint32_t> resolved = users ? user_id(text) : group_id(text);
+        if (!resolved) {
+          return r.error(item, ip, std::string("no ") + (users ? "user" : "group") + " named \"" +
+                                       text + "\" on this host");
+        }
+        id = *resolved;
+      } else {
+        POLICYD_ASSIGN_OR_RETURN(id, r.uint(item, ip, UINT32_MAX - 1));
+      }
+      if (users) list.uids.insert(static_cast<uid_t>(id));
       else list.gids.insert(static_cast<gid_t>(id));
     }
   }

@@ -107,9 +107,21 @@ TEST(ConfigTest, BadValues) {
   EXPECT_NE(error_of(std::string(kMinimal) + "barrier: fast\n").find("barrier"), std::string::npos);
   EXPECT_NE(error_of(std::string(kMinimal) + "api: {socket: relative.sock}\n").find("absolute path"), std::string::npos);
   EXPECT_NE(error_of(std::string(kMinimal) + "api: {socket_mode: \"999\"}\n").find("octal"), std::string::npos);
-  EXPECT_NE(error_of(std::string(kMinimal) + "api: {allow: {write: {uids: [root]}}}\n").find("api.allow.write.uids[0]"), std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "api: {allow: {write: {uids: [no-such-user-pd]}}}\n").find("api.allow.write.uids[0]: no user named \"no-such-user-pd\""), std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "api: {allow: {read: {gids: [1, no-such-group-pd]}}}\n").find("api.allow.read.gids[1]: no group named"), std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "api: {allow: {read: {gids: [[1]]}}}\n").find("api.allow.read.gids[0]"), std::string::npos);
   EXPECT_NE(error_of(std::string(kMinimal) + "api: {tls: {listen: \"0.0.0.0:1\"}}\n").find("api.tls.cert: is required"), std::string::npos);
   EXPECT_NE(error_of(std::string(kMinimal) + "log_level: loud\n").find("log_level"), std::string::npos);
+}
+
+// Allow-lists take names too (resolved at start and reload), e.g. deploy/systemd's policyd group.
+TEST(ConfigTest, AllowListsResolveUserAndGroupNames) {
+  auto cfg = parse_config(std::string(kMinimal) +
+                              "api: {allow: {write: {uids: [root, 1234]}, read: {gids: [root, 7]}}}\n",
+                          "t.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.error().message();
+  EXPECT_EQ(cfg->api.write.uids, (std::set<uid_t>{0, 1234}));
+  EXPECT_EQ(cfg->api.read.gids, (std::set<gid_t>{0, 7}));
 }
 
 TEST(ConfigTest, HashOuterMapNeedsSlotKey) {
