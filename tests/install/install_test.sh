@@ -52,6 +52,10 @@ check_layout() {
   install_into "${root}" /usr
   expect_file "${root}/usr/sbin/policyd" 755
   expect_file "${root}/usr/bin/policyctl" 755
+  expect_file "${root}/usr/sbin/policyd-xdp-acl" 755
+  expect_file "${root}/usr/include/policyd/policyd.h" 644
+  expect_file "${root}/usr/include/policyd/abi.h" 644
+  expect_file "${root}/usr/share/doc/policyd/bpf/xdp_acl.bpf.c"
   expect_file "${root}/usr/lib/systemd/system/policyd.service" 644
   expect_file "${root}/usr/lib/sysusers.d/policyd.conf" 644
   expect_file "${root}/usr/lib/tmpfiles.d/policyd.conf" 644
@@ -61,7 +65,7 @@ check_layout() {
   expect_file "${root}/usr/share/doc/policyd/kubernetes/policyd-daemonset.yaml"
   # Nothing outside the FHS places above (no /usr/local, no lib64, no stray top-level dirs).
   local stray
-  stray="$(cd "${root}" && find . -type f | grep -Ev '^\./(usr/(sbin|bin|lib/(systemd/system|sysusers\.d|tmpfiles\.d)|share/doc/policyd)|etc/policyd)/' || true)"
+  stray="$(cd "${root}" && find . -type f | grep -Ev '^\./(usr/(sbin|bin|include/policyd|lib/(systemd/system|sysusers\.d|tmpfiles\.d)|share/doc/policyd)|etc/policyd)/' || true)"
   [[ -z "${stray}" ]] || fail "files outside the expected FHS places: ${stray}"
 
   local unit="${root}/usr/lib/systemd/system/policyd.service"
@@ -173,7 +177,8 @@ check_deb() {
   # Contents: FHS paths, owned by root.
   dpkg-deb --contents "${deb}" >"${work}/contents"
   local path
-  for path in ./usr/sbin/policyd ./usr/bin/policyctl ./usr/lib/systemd/system/policyd.service \
+  for path in ./usr/sbin/policyd ./usr/bin/policyctl ./usr/sbin/policyd-xdp-acl \
+    ./usr/include/policyd/policyd.h ./usr/lib/systemd/system/policyd.service \
     ./usr/lib/sysusers.d/policyd.conf ./usr/lib/tmpfiles.d/policyd.conf \
     ./etc/policyd/policyd.yaml ./usr/share/doc/policyd/README.md; do
     grep -q " ${path}\$" "${work}/contents" || fail "${path} is not in the package"
