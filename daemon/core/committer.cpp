@@ -84,6 +84,7 @@ struct Committer::Impl {
     uint64_t rollback_to = 0;  // 0: the generation before the current one
     BuiltGeneration built;
     std::vector<Digest> digests;  // per change: its contents file (with a store)
+    std::vector<Digest> held;     // contents files this item put: released when it finishes
   };
   using ItemPtr = std::shared_ptr<Item>;
 
@@ -149,6 +150,7 @@ struct Committer::Impl {
 
   // Delivers the result to the caller and to retries that waited on the same request id.
   void finish(const ItemPtr& item, Result<PushResult> result) {
+    if (store && !item->held.empty()) store->release(std::exchange(item->held, {}));
     std::vector<PushCallback> waiters;
     if (const std::string& id = item->request.request_id; !id.empty()) {
       std::lock_guard lock(mu);
@@ -280,6 +282,7 @@ struct Committer::Impl {
       }
       const InnerTemplate& t = engine->maps().at(c.map).inner;
       POLICYD_ASSIGN_OR_RETURN(Digest d, store->put_contents(c.entries, t.key_size, t.value_size));
+      item.held.push_back(d);
       item.digests.push_back(std::move(d));
     }
     return store->sync_contents();
@@ -318,13 +321,15 @@ struct Committer::Impl {
   // Writes the record of the current state now; on success the pins of drained maps it
   // accounts for go.
   Status write_record() {
-    Status st = store->write(stored_state(live_ids));
-    if (!st.ok()) {
+    const StoredState st = stored_state(live_ids);
+    Status written = store->write(st);
+    if (!written.ok()) {
       record_stale = true;
-      return st.error().wrap("record generation state in " + store->dir());
+      return written.error().wrap("record generation state in " + store->dir());
     }
     record_stale = false;
     engine->release_drained();
+    store->collect_garbage(st);
     return {};
   }
 
@@ -351,6 +356,11 @@ struct Committer::Impl {
     std::vector<BuiltGeneration> batch;
     HashOccupancy occupancy(*engine);
     for (ItemPtr& item : items) {
+      if (std::string gone = removed_map(item->request.generation); !gone.empty()) {
+        // Built before a reload removed the map.
+        finish(item, failed_precondition("map \"" + gone + "\" was removed by a configuration reload"));
+        continue;
+      }
       const uint64_t expected = item->request.expected_generation;
       if (expected != 0 && expected != current) {
         finish(item, failed_precondition("expected generation " + std::to_string(expected) +
@@ -386,9 +396,11 @@ struct Committer::Impl {
       }
     }
     std::future<Status> recorded;
+    StoredState next_record;
     if (store) {
-      recorded = std::async(std::launch::async,
-                            [this, st = stored_state(next_ids)] { return store->write(st); });
+      next_record = stored_state(next_ids);
+      // The writer reads next_record only; this thread does not touch it until get().
+      recorded = std::async(std::launch::async, [this, &next_record] { return store->write(next_record); });
     }
     Result<CommitReport> report = engine->commit(std::move(batch));
     Status durable = store ? recorded.get() : Status{};
@@ -397,6 +409,7 @@ struct Committer::Impl {
       if (durable.ok()) {
         record_stale = false;
         engine->release_drained();
+        store->collect_garbage(next_record);
       }
     } else {
       state = saved_state;
@@ -419,6 +432,7 @@ struct Committer::Impl {
       }
       finish(ok.front(), report.error());
       publish_view();
+      flush_idle();
       return;
     }
 
@@ -469,6 +483,14 @@ struct Committer::Impl {
           report->write_ms, report->barrier_ms, drain_ms, ok.size());
     }
     publish_view();
+  }
+
+  // The first map a generation names that the engine no longer has, or "".
+  std::string removed_map(const Generation& gen) const {
+    for (const SlotChange& c : gen.changes) {
+      if (!engine->maps().count(c.map)) return c.map;
+    }
+    return "";
   }
 
   // Rebuilds one generation of a failed batch and commits it on its own (expected_generation
@@ -643,7 +665,7 @@ struct Committer::Impl {
   // taken as they are and recorded.
   Status adopt_without_record() {
     POLICYD_TRY(engine->recover_drain_pins({}));
-    load_adopted_state();
+    POLICYD_TRY(load_adopted_state());
     if (!state.empty()) {
       spdlog::warn("no record in {}: adopted the pinned maps as they are ({} slot(s))",
                    store->dir(), state.size());
@@ -743,16 +765,14 @@ struct Committer::Impl {
   }
 
   // Reads what adopted slots hold, so that rollback diffs start from the truth.
-  void load_adopted_state() {
+  // A slot that cannot be read is an error: recorded without it, the next start would take
+  // it for a stray slot and delete it.
+  Status load_adopted_state() {
     for (const auto& [name, cfg] : engine->maps()) {
-      Result<std::vector<SlotInfo>> slots = engine->slots(name);
-      if (!slots.ok()) continue;
-      for (const SlotInfo& s : *slots) {
+      POLICYD_ASSIGN_OR_RETURN(std::vector<SlotInfo> slots, engine->slots(name));
+      for (const SlotInfo& s : slots) {
         Result<DrainRecord> dump = engine->dump_slot(name, s.slot);
-        if (!dump.ok()) {
-          spdlog::warn("read adopted map \"{}\": {}", name, dump.error().message());
-          continue;
-        }
+        if (!dump.ok()) return dump.error().wrap("read adopted map \"" + name + "\"");
         std::vector<Entry> entries;
         for (DrainedEntry& e : dump->entries) {
           entries.push_back(Entry{std::move(e.key), std::move(e.values.front())});
@@ -761,12 +781,15 @@ struct Committer::Impl {
         live_ids[{name, s.slot}] = s.map_id;
       }
     }
+    return {};
   }
 };
 
 Committer::Committer(std::unique_ptr<Engine> engine, CommitterOptions options)
     : impl_(std::make_unique<Impl>(std::move(engine), nullptr, options)) {
-  impl_->load_adopted_state();
+  // Without a record, what the adopted slots hold only seeds rollback diffs: a slot that
+  // cannot be read is logged and left out.
+  if (Status st = impl_->load_adopted_state(); !st.ok()) spdlog::warn("{}", st.error().message());
   start();
 }
 

@@ -425,6 +425,15 @@ Engine::Plan Engine::plan(std::vector<BuiltGeneration>& batch) {
 }
 
 Status Engine::undo(Plan& plan, const RoundResult& round) {
+  // New maps that were live for a moment leave the data plane again: pinned first, so that a
+  // crash during the undo still drains them at the next start.
+  if (config_.drain_pins) {
+    for (size_t i = 0; i < plan.records.size(); ++i) {
+      Plan::Record& r = plan.records[i];
+      if (!round.applied[i] || r.outer->group || !r.next) continue;
+      if (Status st = pin_for_drain(*r.next); !st.ok()) spdlog::warn("{}", st.error().message());
+    }
+  }
   // Group banks being prepared are invisible to programs: keep what the kernel now holds.
   // Plain outer maps: write back what each applied slot held before.
   std::vector<OuterWrite> inverse;
@@ -670,17 +679,24 @@ Status Engine::recover_drain_pins(const std::set<uint32_t>& counted) {
   } else if (errno != ENOENT) {
     return sys_error(errno, "open " + dir);
   }
+  // What programs can reach: for atomic groups the active bank only. A map the last flip took
+  // out of the data plane still sits in the inactive bank, but it is the one to drain.
   std::set<uint32_t> live;
   for (auto& [name, o] : outers_) {
-    for (int bank = 0; bank < o->banks(); ++bank) {
-      for (auto& [slot, inner] : o->slots[bank]) live.insert(inner->id);
-    }
+    for (auto& [slot, inner] : o->slots[o->active()]) live.insert(inner->id);
   }
   size_t recovered = 0;
   for (const std::string& name : names) {
     const std::string path = dir + "/" + name;
-    POLICYD_ASSIGN_OR_RETURN(kernel::UniqueFd fd, kernel::open_pinned(path));
-    POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(fd.get()));
+    Result<kernel::UniqueFd> pinned = kernel::open_pinned(path);
+    Result<kernel::MapInfo> info_or =
+        pinned.ok() ? kernel::map_info(pinned->get()) : Result<kernel::MapInfo>(pinned.error());
+    if (!info_or.ok()) {
+      spdlog::warn("{}: not a pinned map ({}); left in place", path, info_or.error().message());
+      continue;
+    }
+    kernel::UniqueFd fd = std::move(pinned).value();
+    const kernel::MapInfo& info = *info_or;
     if (counted.count(info.id) || live.count(info.id)) {
       // Drained before the crash (its totals are durable), or the swap never happened.
       POLICYD_TRY(kernel::unpin(path));

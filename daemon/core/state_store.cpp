@@ -189,7 +189,23 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
     }
     return sys_error(errno, "lock " + lock_path);
   }
-  return std::unique_ptr<StateStore>(new StateStore(dir, std::move(lock)));
+  std::unique_ptr<StateStore> store(new StateStore(dir, std::move(lock)));
+  store->remove_temp_files();
+  return store;
+}
+
+// Temp files a crash left behind (nobody else writes here: the lock is ours).
+void StateStore::remove_temp_files() const {
+  for (const std::string& sub : {dir_, dir_ + "/contents"}) {
+    DIR* d = ::opendir(sub.c_str());
+    if (!d) continue;
+    std::vector<std::string> temps;
+    while (dirent* e = ::readdir(d)) {
+      if (std::strstr(e->d_name, ".tmp.")) temps.emplace_back(e->d_name);
+    }
+    ::closedir(d);
+    for (const std::string& name : temps) ::unlink((sub + "/" + name).c_str());
+  }
 }
 
 Result<std::optional<StoredState>> StateStore::load() const {
@@ -252,14 +268,23 @@ Result<Digest> StateStore::put_contents(const std::vector<Entry>& entries, uint3
   const std::string name = digest_hex(digest);
   const std::string path = dir_ + "/contents/" + name;
   {
-    // Protected before the existence check: garbage collection (which unlinks under the same
-    // lock) cannot remove the file between the check and the manifest that will refer to it.
+    // Held before the existence check: garbage collection (which unlinks under the same lock)
+    // cannot remove the file between the check and the record that will refer to it.
     std::lock_guard lock(mu_);
-    protected_.insert(name);
+    ++held_[name];
     if (::access(path.c_str(), F_OK) == 0) return digest;  // content-addressed: already there
   }
   POLICYD_TRY(replace_file(path, frame(payload)));
   return digest;
+}
+
+void StateStore::release(const std::vector<Digest>& digests) {
+  std::lock_guard lock(mu_);
+  for (const Digest& d : digests) {
+    if (d.empty()) continue;
+    auto it = held_.find(digest_hex(d));
+    if (it != held_.end() && --it->second == 0) held_.erase(it);
+  }
 }
 
 Status StateStore::sync_contents() { return fsync_path(dir_ + "/contents"); }
@@ -320,9 +345,7 @@ Status StateStore::write(const StoredState& state) {
   std::string payload;
   if (!msg.SerializeToString(&payload)) return Error{ErrorCode::kInternal, 0, "serialize state"};
   POLICYD_TRY(replace_file(manifest_path(), frame(payload)));
-  POLICYD_TRY(fsync_path(dir_));
-  collect_garbage(state);
-  return {};
+  return fsync_path(dir_);
 }
 
 void StateStore::collect_garbage(const StoredState& state) {
@@ -337,16 +360,15 @@ void StateStore::collect_garbage(const StoredState& state) {
   while (dirent* e = ::readdir(d)) {
     const std::string name = e->d_name;
     if (name == "." || name == "..") continue;
-    // Leftover temp files are garbage too, but a put_contents() may be writing one right now:
-    // only named contents files are removed here.
+    // A put_contents() may be writing a temp file right now: only named contents files go
+    // here (temp files left by a crash are removed at open).
     if (name.find('.') != std::string::npos) continue;
     if (!keep.count(name)) remove.push_back(name);
   }
   ::closedir(d);
   std::lock_guard lock(mu_);
-  for (const std::string& name : keep) protected_.erase(name);  // a durable manifest has them
   for (const std::string& name : remove) {
-    if (!protected_.count(name)) ::unlink((dir + "/" + name).c_str());
+    if (!held_.count(name)) ::unlink((dir + "/" + name).c_str());
   }
 }
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -86,24 +87,28 @@ class StateStore {
   // an error that names the file, what is wrong, and how to recover.
   [[nodiscard]] Result<std::optional<StoredState>> load() const;
   // Writes a slot's contents (if no file has them yet) and fsyncs it; returns its digest.
-  // Thread-safe. The file is durable once sync_contents() returned.
+  // Thread-safe. The file is durable once sync_contents() returned. The file is held (garbage
+  // collection keeps it) until release() is called for it as often as it was put.
   [[nodiscard]] Result<Digest> put_contents(const std::vector<Entry>& entries, uint32_t key_size,
                                             uint32_t value_size);
+  void release(const std::vector<Digest>& digests);
   [[nodiscard]] Status sync_contents();
   [[nodiscard]] Result<std::vector<Entry>> get_contents(const Digest& digest) const;
-  // Replaces the manifest atomically and durably, then removes contents files that no
-  // generation of `state` refers to.
+  // Replaces the manifest atomically and durably.
   [[nodiscard]] Status write(const StoredState& state);
+  // Removes contents files that neither `state` (the record that stays) nor a held put refers
+  // to. Call it only with a record that will not be replaced by an older one.
+  void collect_garbage(const StoredState& state);
 
  private:
   StateStore(std::string dir, kernel::UniqueFd lock);
-  void collect_garbage(const StoredState& state);
+  void remove_temp_files() const;
 
   std::string dir_;
   kernel::UniqueFd lock_;
   std::mutex mu_;
-  // Contents files written (or found) for generations no durable manifest refers to yet.
-  std::set<std::string> protected_;
+  // Contents files put for pushes still in the pipeline: hex name -> puts not yet released.
+  std::map<std::string, size_t> held_;
 };
 
 }  // namespace policyd::core

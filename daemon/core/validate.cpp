@@ -211,6 +211,11 @@ Status validate_map_config(const OuterMapConfig& map) {
     return invalid_argument(at + ": array_of_maps slot keys are 4 bytes");
   }
   if (map.slot_key_size == 0) return invalid_argument(at + ": slot key size must be positive");
+  // Replaced inner maps are pinned as <map>_<slot hex>_<generation>_<id>, within NAME_MAX.
+  if (map.slot_key_size > kMaxSlotKeySize) {
+    return invalid_argument(at + ": slot keys are at most " + std::to_string(kMaxSlotKeySize) +
+                            " bytes (this one is " + std::to_string(map.slot_key_size) + ")");
+  }
   const InnerTemplate& inner = map.inner;
   if (kernel::is_map_in_map(inner.type)) {
     return invalid_argument(at + ": inner maps cannot be map-in-map (two levels at most)");

@@ -12,6 +12,9 @@ namespace policyd::core {
 
 using MapConfigs = std::map<std::string, OuterMapConfig>;
 
+// Largest hash outer-map slot key: the drain pin name (15 + 2 x 64 + ids) stays within NAME_MAX.
+inline constexpr uint32_t kMaxSlotKeySize = 64;
+
 [[nodiscard]] Status validate_generation(const Generation& gen, const MapConfigs& maps);
 
 // Checks one outer-map configuration (names, sizes, template rules the kernel enforces).

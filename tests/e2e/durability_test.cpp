@@ -60,21 +60,22 @@ class DurabilityTest : public DaemonTest {
     return skel;
   }
 
-  // Drained + live hits of every acl slot, summed (GetCounters).
-  uint64_t total_hits() {
+  // Drained + live values of `field` over every slot of `map`, summed (GetCounters).
+  uint64_t counter_total(const std::string& map, const std::string& field) {
     grpc::ClientContext ctx;
     set_deadline(ctx);
     v1::GetCountersRequest req;
-    req.set_map("acl");
+    req.set_map(map);
     v1::GetCountersResponse resp;
     grpc::Status s = stub().GetCounters(&ctx, req, &resp);
     EXPECT_TRUE(s.ok()) << describe(s);
     uint64_t sum = 0;
     for (const v1::CounterValue& c : resp.counters()) {
-      if (c.field() == "hits") sum += c.drained() + c.live();
+      if (c.field() == field) sum += c.drained() + c.live();
     }
     return sum;
   }
+  uint64_t total_hits() { return counter_total("acl", "hits"); }
 
   std::string state_file() const { return daemon_state_dir() + "/state"; }
   std::string daemon_state_dir() const {
@@ -257,9 +258,25 @@ TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
   ASSERT_TRUE(kernel::pin(inner->get(), pin_path).ok());
   inner->reset();
 
+  // And one of the hash outer map ports (slot key: ifindex 9), with its packets counter.
+  kernel::MapSpec ports_spec{BPF_MAP_TYPE_HASH, "ports", kPortsKeySize, kPortsValueSize,
+                             kPortsInnerMax, 0, -1};
+  auto ports_inner = kernel::create_map(ports_spec);
+  ASSERT_TRUE(ports_inner.ok()) << ports_inner.error().message();
+  ASSERT_TRUE(kernel::update_elem(ports_inner->get(), ports_key(53, 17).data(),
+                                  ports_value(1, 31).data())
+                  .ok());
+  auto ports_info = kernel::map_info(ports_inner->get());
+  ASSERT_TRUE(ports_info.ok());
+  ASSERT_TRUE(kernel::pin(ports_inner->get(), pin_dir() + "/_drain/ports_" + hex(u32le(9)) +
+                                                  "_2_" + std::to_string(ports_info->id))
+                  .ok());
+  ports_inner->reset();
+
   restart_daemon();
   ASSERT_FALSE(HasFatalFailure());
   EXPECT_EQ(total_hits(), 4242u) << "the pinned map's counts were not drained at start";
+  EXPECT_EQ(counter_total("ports", "packets"), 31u) << "the hash slot's pin was not drained";
   EXPECT_TRUE(drain_pins().empty()) << "drain pins left after the start: " << drain_pins().size();
   // And they are durable: another restart does not count them twice.
   stop_daemon_expect_clean();
@@ -267,7 +284,9 @@ TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
   EXPECT_EQ(total_hits(), 4242u);
 }
 
-TEST_F(DurabilityTest, ReplacedMapsArePinnedOnlyUntilTheirDrainIsDurable) {
+// That the pins matter shows in the crash loop (with drain pins turned off it loses counts);
+// here: none is left once the drains are durable, and the totals survive a clean restart.
+TEST_F(DurabilityTest, NoDrainPinIsLeftAndDrainedTotalsSurviveARestart) {
   SkelPtr skel = load_counter_program();
   ASSERT_NE(skel, nullptr);
   for (uint32_t i = 0; i < 5; ++i) {
@@ -284,6 +303,70 @@ TEST_F(DurabilityTest, ReplacedMapsArePinnedOnlyUntilTheirDrainIsDurable) {
   stop_daemon_expect_clean();
   restart_daemon();
   EXPECT_EQ(total_hits(), 50u) << "drained totals did not survive the restart";
+}
+
+// An atomic group's flip leaves the replaced map in the now inactive bank until the next commit
+// writes that bank. A crash before its drain is durable leaves it pinned under _drain too: the
+// next start must drain it (it is out of the data plane), not take it for a live map.
+class GroupDurabilityTest : public DurabilityTest {
+ protected:
+  DaemonOptions daemon_options() const override {
+    DaemonOptions o = DurabilityTest::daemon_options();
+    o.maps_yaml += R"(  - name: g_acl
+    type: array_of_maps
+    slots: 4
+    group: gx
+    inner:
+      type: hash
+      max_entries: 8
+      key:   [{name: k, type: u32}]
+      value: [{name: hits, type: u64, counter: true}]
+)";
+    return o;
+  }
+
+  uint64_t push_group(uint64_t value) {
+    v1::PushGenerationRequest req;
+    add_change(req, "g_acl", index_slot(0), {raw_entry(u32le(1), u64le(value))});
+    return push_ok(req);
+  }
+
+  static Bytes u64le(uint64_t v) {
+    Bytes b(8);
+    std::memcpy(b.data(), &v, 8);
+    return b;
+  }
+};
+
+TEST_F(GroupDurabilityTest, AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBankHoldsIt) {
+  push_group(0);
+  push_group(0);  // the first map now sits in the inactive bank only
+  // One more commit elsewhere: its record no longer lists the first map among the drained
+  // ones still pinned, as after a crash before that drain was recorded.
+  push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "elsewhere"));
+  stop_daemon_expect_clean();
+
+  auto bank = kernel::open_pinned(pin("gx_bank"));
+  ASSERT_TRUE(bank.ok()) << bank.error().message();
+  uint32_t key = 0, active = 0;
+  ASSERT_TRUE(kernel::lookup_elem(bank->get(), &key, &active).ok());
+  const std::string inactive_pin = pin(active == 0 ? "g_acl_b" : "g_acl_a");
+  auto ks = read_kernel_slot(inactive_pin, u32le(0));
+  ASSERT_TRUE(ks.ok()) << ks.error().message();
+  ASSERT_TRUE(ks->has_value()) << "the inactive bank does not hold the replaced map";
+  auto replaced = kernel::map_fd_by_id((*ks)->map_id);
+  ASSERT_TRUE(replaced.ok());
+  // What the crash left: counts in the replaced map, no record of them, the drain pin.
+  ASSERT_TRUE(kernel::update_elem(replaced->get(), u32le(1).data(), u64le(777).data()).ok());
+  ASSERT_TRUE(kernel::pin(replaced->get(), pin_dir() + "/_drain/g_acl_" + hex(u32le(0)) + "_1_" +
+                                                std::to_string((*ks)->map_id))
+                  .ok());
+
+  restart_daemon();
+  ASSERT_FALSE(HasFatalFailure());
+  EXPECT_EQ(counter_total("g_acl", "hits"), 777u)
+      << "the replaced group map's counts were not drained at start";
+  EXPECT_TRUE(drain_pins().empty());
 }
 
 TEST_F(DurabilityTest, CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover) {
@@ -374,11 +457,41 @@ TEST_F(DurabilityTest, ReloadRemovesUnlistedMapsWhenAskedAndResizesHistory) {
     std::ofstream out(daemon().config_path(), std::ios::app);
     out << "remove_unlisted_maps: true\n";
   }
+  // Pushes to ports keep coming while the reload removes it: each is committed before the
+  // removal or refused; none may crash the daemon (a generation built for a map that is gone).
+  std::atomic<bool> stop{false};
+  std::vector<grpc::Status> results;
+  std::thread pusher([&, stub = daemon().new_stub()] {
+    for (uint32_t i = 0; !stop; ++i) {
+      v1::PushGenerationRequest p;
+      add_change(p, "ports", fields_slot({{"ifindex", std::to_string(i % 8)}}),
+                 {typed_entry({{"port", "80"}, {"proto", "6"}}, {{"verdict", "1"}})});
+      grpc::ClientContext c;
+      set_deadline(c);
+      v1::PushGenerationResponse r;
+      results.push_back(stub->PushGeneration(&c, p, &r));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   grpc::ClientContext ctx;
   set_deadline(ctx);
   v1::ReloadConfigResponse resp;
   grpc::Status s = stub().ReloadConfig(&ctx, v1::ReloadConfigRequest(), &resp);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  stop = true;
+  pusher.join();
   ASSERT_TRUE(s.ok()) << describe(s);
+  ASSERT_TRUE(daemon().running()) << "pushes racing a map removal killed the daemon";
+  bool refused_after = false;
+  for (const grpc::Status& r : results) {
+    if (r.ok()) continue;
+    refused_after = true;
+    EXPECT_TRUE(r.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+                r.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+                r.error_code() == grpc::StatusCode::NOT_FOUND)
+        << describe(r);
+  }
+  EXPECT_TRUE(refused_after) << "no push to ports was refused after its removal";
   EXPECT_EQ(std::vector<std::string>(resp.removed_maps().begin(), resp.removed_maps().end()),
             std::vector<std::string>{"ports"});
   EXPECT_FALSE(kernel::open_pinned(pin("ports")).ok()) << "ports is still pinned";

@@ -162,13 +162,72 @@ TEST_F(StateStoreTest, ContentsNoGenerationNamesAreRemovedButPendingOnesStay) {
   auto a = store->put_contents(entries(1), 4, 8);
   auto b = store->put_contents(entries(2), 4, 8);
   ASSERT_TRUE(a.ok() && b.ok());
-  ASSERT_TRUE(store->write(state_with(1, *a)).ok());
-  // b was written for a generation that is not recorded yet: it must survive this write.
+  StoredState first = state_with(1, *a);
+  ASSERT_TRUE(store->write(first).ok());
+  store->collect_garbage(first);
+  // b was put for a generation that is not recorded yet: held, it survives the collection.
   const std::string dir = dir_ + "/state/contents/";
   EXPECT_TRUE(fs::exists(dir + digest_hex(*b)));
-  ASSERT_TRUE(store->write(state_with(2, *b)).ok());
-  EXPECT_FALSE(fs::exists(dir + digest_hex(*a))) << "a is no longer referenced";
+  StoredState second = state_with(2, *b);
+  ASSERT_TRUE(store->write(second).ok());
+  store->collect_garbage(second);
+  EXPECT_TRUE(fs::exists(dir + digest_hex(*a))) << "a is still held by its put";
+  store->release({*a});
+  store->collect_garbage(second);
+  EXPECT_FALSE(fs::exists(dir + digest_hex(*a))) << "a is neither recorded nor held";
   EXPECT_TRUE(fs::exists(dir + digest_hex(*b)));
+}
+
+// A push whose contents a recorded generation already has finds the file on disk; a later
+// record that drops that generation must not delete the file while the push is in flight.
+TEST_F(StateStoreTest, AFileFoundOnDiskIsHeldForThePushThatFoundIt) {
+  auto store = open();
+  ASSERT_NE(store, nullptr);
+  auto a = store->put_contents(entries(1), 4, 8);
+  ASSERT_TRUE(a.ok());
+  StoredState first = state_with(1, *a);
+  ASSERT_TRUE(store->write(first).ok());
+  store->release({*a});  // the push that wrote it was acked
+  auto again = store->put_contents(entries(1), 4, 8);  // a new push, same contents
+  ASSERT_TRUE(again.ok());
+  // Another commit's record still names a: collecting with it must not end the hold.
+  ASSERT_TRUE(store->write(first).ok());
+  store->collect_garbage(first);
+  auto b = store->put_contents(entries(2), 4, 8);
+  ASSERT_TRUE(b.ok());
+  StoredState without_a = state_with(2, *b);
+  ASSERT_TRUE(store->write(without_a).ok());
+  store->collect_garbage(without_a);
+  const std::string dir = dir_ + "/state/contents/";
+  EXPECT_TRUE(fs::exists(dir + digest_hex(*a))) << "deleted under the push that needs it";
+}
+
+// Writing a record never deletes contents: only collect_garbage() does, with the record that
+// stays (a commit that fails puts the previous record back).
+TEST_F(StateStoreTest, WritingARecordDeletesNothing) {
+  auto store = open();
+  ASSERT_NE(store, nullptr);
+  auto a = store->put_contents(entries(1), 4, 8);
+  auto b = store->put_contents(entries(2), 4, 8);
+  ASSERT_TRUE(a.ok() && b.ok());
+  store->release({*a, *b});
+  ASSERT_TRUE(store->write(state_with(1, *a)).ok());
+  ASSERT_TRUE(store->write(state_with(2, *b)).ok());
+  const std::string dir = dir_ + "/state/contents/";
+  EXPECT_TRUE(fs::exists(dir + digest_hex(*a)));
+  EXPECT_TRUE(fs::exists(dir + digest_hex(*b)));
+}
+
+TEST_F(StateStoreTest, TempFilesACrashLeftAreRemovedAtOpen) {
+  {
+    auto store = open();
+    ASSERT_NE(store, nullptr);
+  }
+  const std::string temp = dir_ + "/state/contents/abc.tmp.1.2";
+  std::ofstream(temp) << "partial";
+  auto store = open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_FALSE(fs::exists(temp));
 }
 
 }  // namespace

@@ -279,6 +279,14 @@ TEST(ValidateMapConfig, RefusesNamesBpffsCannotPinOrPolicydReserves) {
   expect_invalid(validate_map_config(g), {"reserved"});
 }
 
+TEST(ValidateMapConfig, RefusesSlotKeysTooLongForADrainPinName) {
+  OuterMapConfig m = outer("ports", OuterKind::kHash, inner(BPF_MAP_TYPE_HASH, 4));
+  m.slot_key_size = 64;
+  EXPECT_TRUE(validate_map_config(m).ok());
+  m.slot_key_size = 65;
+  expect_invalid(validate_map_config(m), {"map \"ports\"", "at most 64 bytes", "65"});
+}
+
 TEST(ValidateMapConfig, RefusesNameTooLong) {
   OuterMapConfig m = good_map();
   m.name = "abcdefghijklmnop";  // 16
