@@ -303,6 +303,7 @@ struct Committer::Impl {
   // The record of what the committer holds now, with `ids` as the live inner map ids.
   StoredState stored_state(const std::map<std::pair<std::string, Bytes>, uint32_t>& ids) const {
     StoredState st;
+    st.pin_dir = engine->pins().dir();
     st.generation = history.empty() ? engine->current_generation() : history.front().id;
     for (const GenerationRecord& rec : history) st.history.push_back(stored_generation(rec));
     if (!st.history.empty()) {
@@ -633,6 +634,13 @@ struct Committer::Impl {
   Status recover() {
     POLICYD_ASSIGN_OR_RETURN(std::optional<StoredState> stored, store->load());
     if (!stored) return adopt_without_record();
+    if (!stored->pin_dir.empty() && stored->pin_dir != engine->pins().dir()) {
+      return failed_precondition(
+          store->manifest_path() + " records the maps of pin_dir " + stored->pin_dir +
+          ", but the config's pin_dir is " + engine->pins().dir() +
+          ": a state_dir belongs to one pin_dir. Give this config its own state_dir, or set "
+          "pin_dir back");
+    }
     POLICYD_TRY(load_history(*stored));
     std::map<CounterKey, uint64_t> totals;
     for (const StoredCounter& c : stored->drained) totals[{c.map, c.slot, c.field}] = c.total;

@@ -221,6 +221,7 @@ Result<std::optional<StoredState>> StateStore::load() const {
   if (!msg.ParseFromString(*payload)) return failed_precondition(corrupt(path, "unreadable record"));
 
   StoredState state;
+  state.pin_dir = msg.pin_dir();
   state.generation = msg.generation();
   for (const pb::Generation& g : msg.history()) {
     StoredGeneration sg;
@@ -316,6 +317,7 @@ Result<std::vector<Entry>> StateStore::get_contents(const Digest& digest) const 
 
 Status StateStore::write(const StoredState& state) {
   pb::State msg;
+  msg.set_pin_dir(state.pin_dir);
   msg.set_generation(state.generation);
   for (const StoredGeneration& g : state.history) {
     pb::Generation* pg = msg.add_history();

@@ -62,6 +62,7 @@ struct StoredCounter {
 };
 
 struct StoredState {
+  std::string pin_dir;  // whose maps the record describes
   uint64_t generation = 0;
   std::vector<StoredGeneration> history;  // newest first
   std::vector<StoredCounter> drained;

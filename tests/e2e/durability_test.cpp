@@ -369,6 +369,34 @@ TEST_F(GroupDurabilityTest, AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBan
   EXPECT_TRUE(drain_pins().empty());
 }
 
+// A state_dir records the maps of one pin_dir: pointing a config with another pin_dir at it
+// is refused, not applied to (or recorded over) the wrong maps.
+TEST_F(DurabilityTest, ARecordIsNeverAppliedToAnotherPinDir) {
+  push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
+  stop_daemon_expect_clean();
+  std::string yaml;
+  {
+    std::ifstream in(daemon().config_path());
+    yaml.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string other = pin_dir() + "/other";
+  const size_t at = yaml.find(pin_dir());
+  ASSERT_NE(at, std::string::npos);
+  {
+    std::ofstream out(daemon().config_path(), std::ios::trunc);
+    out << yaml.substr(0, at) << other << yaml.substr(at + pin_dir().size());
+  }
+  std::string log = start_expect_refusal();
+  EXPECT_TRUE(contains_all(log, {"records the maps of pin_dir " + pin_dir(), other, "own state_dir"}))
+      << log;
+  {
+    std::ofstream out(daemon().config_path(), std::ios::trunc);
+    out << yaml;
+  }
+  restart_daemon();
+  EXPECT_EQ(get_state().generation(), 1u);
+}
+
 TEST_F(DurabilityTest, CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover) {
   push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
   stop_daemon_expect_clean();
