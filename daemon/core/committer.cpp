@@ -410,7 +410,7 @@ struct Committer::Impl {
       if (durable.ok()) {
         record_stale = false;
         engine->release_drained();
-        store->collect_garbage(next_record);
+        if (store) store->collect_garbage(next_record);
       }
     } else {
       state = saved_state;
