@@ -166,11 +166,12 @@ struct Daemon::Impl {
     return summary;
   }
 
-  // reload() between RELOADING=1 and READY=1; a refused reload ends in READY=1 too (the old
-  // configuration keeps running).
+  // reload() between RELOADING=1 and READY=1, counted in the metrics; a refused reload ends in
+  // READY=1 too (the old configuration keeps running).
   Result<api::ReloadSummary> notified_reload() {
     systemd.reloading();
     Result<api::ReloadSummary> r = reload();
+    if (metrics) metrics->on_reload(r.ok());
     systemd.reloaded(r.ok() ? "serving generation " + std::to_string(committer->view()->generation)
                             : "reload refused: " + r.error().message());
     return r;
@@ -180,7 +181,6 @@ struct Daemon::Impl {
     if (ec) return;
     if (sig == SIGHUP) {
       Result<api::ReloadSummary> r = notified_reload();
-      if (metrics) metrics->on_reload(r.ok());
       if (r.ok()) service->publish_reloaded(*r);
       else spdlog::error("SIGHUP: {}", r.error().message());
       wait_signals();
@@ -248,9 +248,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
       [self]() -> Result<api::ReloadSummary> {
         // ReloadConfig runs on a gRPC thread; reloads are serialised by the config mutex
         // inside and touch only thread-safe pieces.
-        Result<api::ReloadSummary> r = self->notified_reload();
-        if (self->metrics) self->metrics->on_reload(r.ok());
-        return r;
+        return self->notified_reload();
       },
       impl->metrics);
 

@@ -852,31 +852,25 @@ void Committer::post(std::function<void(Engine*)> fn) {
   impl_->cv.notify_all();
 }
 
-Status Committer::add_maps(std::vector<OuterMapConfig> maps) {
+Status Committer::run_and_wait(const std::function<Status(Engine&)>& fn) {
   std::promise<Status> done;
   std::future<Status> result = done.get_future();
-  post([&](Engine* engine) {
-    if (!engine) {
-      done.set_value(unavailable());
-      return;
-    }
-    std::unique_lock maps_lock(impl_->maps_mu);
-    Status st = engine->add_maps(maps);
-    maps_lock.unlock();
-    impl_->publish_view();
-    done.set_value(std::move(st));
-  });
+  post([&](Engine* engine) { done.set_value(engine ? fn(*engine) : Status(unavailable())); });
   return result.get();
 }
 
+Status Committer::add_maps(std::vector<OuterMapConfig> maps) {
+  return run_and_wait([&](Engine& engine) {
+    std::unique_lock maps_lock(impl_->maps_mu);
+    Status st = engine.add_maps(maps);
+    maps_lock.unlock();
+    impl_->publish_view();
+    return st;
+  });
+}
+
 Status Committer::remove_maps(std::vector<std::string> maps, std::string label) {
-  std::promise<Status> done;
-  std::future<Status> result = done.get_future();
-  post([&](Engine* engine) {
-    if (!engine) {
-      done.set_value(unavailable());
-      return;
-    }
+  return run_and_wait([&](Engine& engine) -> Status {
     Impl& impl = *impl_;
     // One generation empties the maps (recorded and drained like any other), then they go.
     auto item = std::make_shared<Impl::Item>();
@@ -890,25 +884,18 @@ Status Committer::remove_maps(std::vector<std::string> maps, std::string label) 
     if (!item->request.generation.changes.empty()) {
       item->done = [&](Result<PushResult> r) { if (!r.ok()) emptied = r.error(); };
       item->digests.assign(item->request.generation.changes.size(), Digest{});
-      Result<BuiltGeneration> b = engine->build(item->request.generation);
-      if (!b.ok()) {
-        done.set_value(b.error());
-        return;
-      }
+      Result<BuiltGeneration> b = engine.build(item->request.generation);
+      if (!b.ok()) return b.error();
       item->built = std::move(b).value();
       impl.commit_batch({item});
     }
-    if (!emptied.ok()) {
-      done.set_value(emptied.error().wrap("empty the removed maps"));
-      return;
-    }
+    if (!emptied.ok()) return emptied.error().wrap("empty the removed maps");
     std::unique_lock maps_lock(impl.maps_mu);
-    Status st = engine->remove_maps(maps);
+    Status st = engine.remove_maps(maps);
     maps_lock.unlock();
     impl.publish_view();
-    done.set_value(std::move(st));
+    return st;
   });
-  return result.get();
 }
 
 void Committer::set_history(uint32_t history) {

@@ -141,6 +141,9 @@ class Committer {
   struct Impl;
   explicit Committer(std::unique_ptr<Impl> impl);
   void start();
+  // Runs `fn` on the committer thread between commits and returns its result (kUnavailable
+  // once stopped). Never from the committer thread.
+  Status run_and_wait(const std::function<Status(Engine&)>& fn);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -69,15 +69,6 @@ void pin_to_cpu(int cpu) {
   }
 }
 
-std::string example_maps_yaml() {
-  std::ifstream in(XDP_ACL_CONFIG);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
-  const size_t at = text.find("\nmaps:");
-  if (at == std::string::npos) die("no maps: section in " XDP_ACL_CONFIG);
-  return text.substr(at + 1);
-}
 
 // A generation that replaces the sender's slot with "drop the sender" plus `n`-dependent
 // filler rules (so every generation is a new trie with different contents).
@@ -219,7 +210,8 @@ int run(int argc, char** argv) {
   // thread moves itself to CPU 0.
   if (pin) pin_to_cpu(1);
   e2e::DaemonOptions dopt;
-  dopt.maps_yaml = example_maps_yaml();
+  dopt.maps_yaml = e2e::maps_section(XDP_ACL_CONFIG);
+  if (dopt.maps_yaml.empty()) die("no maps: section in " XDP_ACL_CONFIG);
   dopt.log_level = "warn";
   int exit_code = 0;
   {

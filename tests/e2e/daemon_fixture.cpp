@@ -153,6 +153,15 @@ std::string lower(std::string s) {
 
 }  // namespace
 
+std::string maps_section(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  const size_t at = text.find("\nmaps:");
+  return at == std::string::npos ? std::string() : text.substr(at + 1);
+}
+
 std::string config_yaml(const DaemonOptions& o, const std::string& socket,
                         const std::string& pin_dir, const std::string& state_dir) {
   std::ostringstream y;
@@ -815,6 +824,23 @@ uint64_t DaemonTest::push_ok(const v1::PushGenerationRequest& req) {
   grpc::Status s = push(req, &resp);
   EXPECT_TRUE(s.ok()) << "PushGeneration: " << describe(s);
   return s.ok() ? resp.generation() : 0;
+}
+
+DaemonTest::CounterSum DaemonTest::counter_sum(const std::string& map, const std::string& field) {
+  grpc::ClientContext ctx;
+  set_deadline(ctx);
+  v1::GetCountersRequest req;
+  req.set_map(map);
+  v1::GetCountersResponse resp;
+  grpc::Status s = stub().GetCounters(&ctx, req, &resp);
+  EXPECT_TRUE(s.ok()) << "GetCounters: " << describe(s);
+  CounterSum sum;
+  for (const v1::CounterValue& c : resp.counters()) {
+    if (c.field() != field) continue;
+    sum.drained += c.drained();
+    sum.live += c.live();
+  }
+  return sum;
 }
 
 std::optional<KernelSlot> DaemonTest::kernel_slot(const std::string& map, const Bytes& slot) {

@@ -78,6 +78,10 @@ struct DaemonOptions {
   std::string metrics_yaml;
 };
 
+// The `maps:` section (to the end of the file) of the config file at `path`; empty when the
+// file has none.
+[[nodiscard]] std::string maps_section(const std::string& path);
+
 // The full YAML config for `options` with the given paths.
 [[nodiscard]] std::string config_yaml(const DaemonOptions& options, const std::string& socket,
                                       const std::string& pin_dir, const std::string& state_dir);
@@ -302,6 +306,13 @@ class DaemonTest : public ::testing::Test {
                                   v1::PushGenerationResponse* resp = nullptr);
   // Pushes and expects OK; returns the generation id (0 on failure).
   uint64_t push_ok(const v1::PushGenerationRequest& req);
+  // Drained and live values of `field`, summed over every slot of `map` (GetCounters).
+  struct CounterSum {
+    uint64_t drained = 0;
+    uint64_t live = 0;
+    [[nodiscard]] uint64_t total() const { return drained + live; }
+  };
+  [[nodiscard]] CounterSum counter_sum(const std::string& map, const std::string& field);
 
   // Kernel view of one slot of a default map; fails the test on a syscall error.
   [[nodiscard]] std::optional<KernelSlot> kernel_slot(const std::string& map, const Bytes& slot);

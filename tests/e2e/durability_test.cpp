@@ -60,20 +60,8 @@ class DurabilityTest : public DaemonTest {
     return skel;
   }
 
-  // Drained + live values of `field` over every slot of `map`, summed (GetCounters).
   uint64_t counter_total(const std::string& map, const std::string& field) {
-    grpc::ClientContext ctx;
-    set_deadline(ctx);
-    v1::GetCountersRequest req;
-    req.set_map(map);
-    v1::GetCountersResponse resp;
-    grpc::Status s = stub().GetCounters(&ctx, req, &resp);
-    EXPECT_TRUE(s.ok()) << describe(s);
-    uint64_t sum = 0;
-    for (const v1::CounterValue& c : resp.counters()) {
-      if (c.field() == field) sum += c.drained() + c.live();
-    }
-    return sum;
+    return counter_sum(map, field).total();
   }
   uint64_t total_hits() { return counter_total("acl", "hits"); }
 

@@ -46,15 +46,6 @@ constexpr int kFlips = 100;        // generations pushed while traffic runs
 constexpr uint64_t kWindow = 200;  // datagrams checked after each ack
 constexpr size_t kMaxDatagrams = 4'000'000;
 
-// The `maps:` section of the example config (the test runs policyd on exactly those maps).
-std::string example_maps_yaml() {
-  std::ifstream in(XDP_ACL_CONFIG);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
-  const size_t at = text.find("\nmaps:");
-  return at == std::string::npos ? std::string() : text.substr(at + 1);
-}
 
 // Records which sequence numbers arrived on a UDP socket, on its own thread.
 class Receiver {
@@ -133,7 +124,7 @@ class XdpAclTest : public DaemonTest {
  protected:
   DaemonOptions daemon_options() const override {
     DaemonOptions o;
-    o.maps_yaml = example_maps_yaml();
+    o.maps_yaml = maps_section(XDP_ACL_CONFIG);  // policyd on exactly the example's maps
     o.log_level = "info";
     return o;
   }
@@ -181,23 +172,7 @@ class XdpAclTest : public DaemonTest {
   }
 
   // Drained + live `hits` over every slot of `map`, from GetCounters.
-  uint64_t hit_total(const std::string& map, uint64_t* drained = nullptr) {
-    grpc::ClientContext ctx;
-    set_deadline(ctx);
-    v1::GetCountersRequest req;
-    req.set_map(map);
-    v1::GetCountersResponse resp;
-    grpc::Status s = stub().GetCounters(&ctx, req, &resp);
-    EXPECT_TRUE(s.ok()) << describe(s);
-    uint64_t total = 0, d = 0;
-    for (const v1::CounterValue& c : resp.counters()) {
-      if (c.field() != "hits") continue;
-      total += c.drained() + c.live();
-      d += c.drained();
-    }
-    if (drained) *drained = d;
-    return total;
-  }
+  uint64_t hit_total(const std::string& map) { return counter_sum(map, "hits").total(); }
 
   // Polls until the hit total equals `want` (drains run after the ack and may lag).
   bool wait_hit_total(const std::string& map, uint64_t want, uint64_t* last) {
@@ -296,8 +271,7 @@ TEST_F(XdpAclTest, VerdictsFollowEachAckAndCountersAddUpExactly) {
   uint64_t hits = 0;
   EXPECT_TRUE(wait_hit_total(XDP_ACL_MAP_BY_IFINDEX, reached, &hits))
       << "drained + live hits " << hits << " != " << reached << " frames that reached XDP";
-  uint64_t drained = 0;
-  (void)hit_total(XDP_ACL_MAP_BY_IFINDEX, &drained);
+  const uint64_t drained = counter_sum(XDP_ACL_MAP_BY_IFINDEX, "hits").drained;
   // Most hits live in the replaced tries: without the drain the totals would be far off.
   EXPECT_GT(drained, reached / 2) << "drained " << drained << " of " << reached;
   std::printf(
