@@ -466,15 +466,15 @@ grpc::ServerUnaryReactor* PolicyService::PushGeneration(grpc::CallbackServerCont
     reactor->Finish(observed(observer_, to_grpc_status(req.error())));
     return reactor;
   }
-  committer_.push(std::move(req).value(), [reactor, response,
-                                           observer = observer_](Result<core::PushResult> r) {
-    if (!r.ok()) {
-      reactor->Finish(observed(observer, to_grpc_status(r.error())));
-      return;
-    }
-    to_proto(*r, response);
-    reactor->Finish(grpc::Status::OK);
-  });
+  committer_.push(std::move(req).value(),
+                  [reactor, response, observer = observer_](Result<core::PushResult> r) {
+                    if (!r.ok()) {
+                      reactor->Finish(observed(observer, to_grpc_status(r.error())));
+                      return;
+                    }
+                    to_proto(*r, response);
+                    reactor->Finish(grpc::Status::OK);
+                  });
   return reactor;
 }
 

@@ -3,13 +3,13 @@
 
 #include <utility>  // before Boost.Asio with g++ 12 in C++20
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/signal_set.hpp>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server_posix.h>
 #include <spdlog/spdlog.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
 
 #include <chrono>
 #include <cstdlib>
@@ -93,7 +93,7 @@ struct Daemon::Impl {
   std::unique_ptr<api::PolicyService> service;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<UnixListener> listener;
-  std::shared_ptr<metrics::PolicydMetrics> metrics;        // null: metrics.listen not set
+  std::shared_ptr<metrics::PolicydMetrics> metrics;  // null: metrics.listen not set
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   bool stopping = false;
   Systemd systemd;  // sd_notify and the watchdog; last, so its timer goes before io
@@ -129,8 +129,8 @@ struct Daemon::Impl {
         added.push_back(m);
         continue;
       }
-      const std::string what = map_change(*it->second, old->schemas.at(m.name), m,
-                                          next.schemas.at(m.name));
+      const std::string what =
+          map_change(*it->second, old->schemas.at(m.name), m, next.schemas.at(m.name));
       if (!what.empty()) {
         return failed_precondition("reload refused: map \"" + m.name + "\" changed its " + what +
                                    "; an existing map keeps its layout (use a new name)");
@@ -181,17 +181,21 @@ struct Daemon::Impl {
     if (ec) return;
     if (sig == SIGHUP) {
       Result<api::ReloadSummary> r = notified_reload();
-      if (r.ok()) service->publish_reloaded(*r);
-      else spdlog::error("SIGHUP: {}", r.error().message());
+      if (r.ok())
+        service->publish_reloaded(*r);
+      else
+        spdlog::error("SIGHUP: {}", r.error().message());
       wait_signals();
       return;
     }
-    spdlog::info("{}: stopping (finishing commits in flight)", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    spdlog::info("{}: stopping (finishing commits in flight)",
+                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
     shutdown();
   }
 
   void wait_signals() {
-    signals.async_wait([this](const boost::system::error_code& ec, int sig) { on_signal(ec, sig); });
+    signals.async_wait(
+        [this](const boost::system::error_code& ec, int sig) { on_signal(ec, sig); });
   }
 
   void shutdown() {
@@ -262,7 +266,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
     POLICYD_ASSIGN_OR_RETURN(std::string cert, read_pem(cfg.api.tls->cert));
     POLICYD_ASSIGN_OR_RETURN(std::string key, read_pem(cfg.api.tls->key));
     POLICYD_ASSIGN_OR_RETURN(std::string ca, read_pem(cfg.api.tls->client_ca));
-    grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    grpc::SslServerCredentialsOptions ssl(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
     ssl.pem_root_certs = ca;
     ssl.pem_key_cert_pairs.push_back({key, cert});
     builder.AddListeningPort(cfg.api.tls->listen, grpc::SslServerCredentials(ssl));

@@ -3,12 +3,12 @@
 
 #include <utility>  // before Boost.Asio with g++ 12 in C++20
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
 #include <cstdio>
@@ -157,7 +157,7 @@ bool stderr_is_journal() {
   if (!stream) return false;
   uintmax_t dev = 0, ino = 0;
   if (std::sscanf(stream, "%ju:%ju", &dev, &ino) != 2) return false;
-  struct stat st{};
+  struct stat st {};
   if (::fstat(STDERR_FILENO, &st) != 0) return false;
   return static_cast<uintmax_t>(st.st_dev) == dev && static_cast<uintmax_t>(st.st_ino) == ino;
 }

@@ -48,7 +48,7 @@ Result<std::unique_ptr<UnixListener>> UnixListener::open(boost::asio::io_context
                                                          const config::ApiConfig& api) {
   POLICYD_TRY(make_parent_dirs(api.socket));
   POLICYD_ASSIGN_OR_RETURN(sockaddr_un addr, socket_address(api.socket));
-  struct stat st{};
+  struct stat st {};
   if (::lstat(api.socket.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       return failed_precondition("api.socket: " + api.socket + " exists and is not a socket");

@@ -8,9 +8,9 @@
 
 #include <algorithm>
 #include <cctype>
-#include <optional>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "core/validate.h"
@@ -28,8 +28,8 @@ class Reader {
   Error error(const YAML::Node& node, const std::string& path, const std::string& what) const {
     std::string where = file_;
     if (node.IsDefined() && node.Mark().line >= 0) {
-      where += ":" + std::to_string(node.Mark().line + 1) + ":" +
-               std::to_string(node.Mark().column + 1);
+      where +=
+          ":" + std::to_string(node.Mark().line + 1) + ":" + std::to_string(node.Mark().column + 1);
     }
     return invalid_argument(where + ": " + path + ": " + what);
   }
@@ -147,15 +147,18 @@ Result<AllowList> read_allow(const Reader& r, const YAML::Node& node, const std:
         // A name, resolved now (start and reload): the policyd group of deploy/systemd, say.
         std::optional<uint32_t> resolved = users ? user_id(text) : group_id(text);
         if (!resolved) {
-          return r.error(item, ip, std::string("no ") + (users ? "user" : "group") + " named \"" +
-                                       text + "\" on this host");
+          return r.error(item, ip,
+                         std::string("no ") + (users ? "user" : "group") + " named \"" + text +
+                             "\" on this host");
         }
         id = *resolved;
       } else {
         POLICYD_ASSIGN_OR_RETURN(id, r.uint(item, ip, UINT32_MAX - 1));
       }
-      if (users) list.uids.insert(static_cast<uid_t>(id));
-      else list.gids.insert(static_cast<gid_t>(id));
+      if (users)
+        list.uids.insert(static_cast<uid_t>(id));
+      else
+        list.gids.insert(static_cast<gid_t>(id));
     }
   }
   return list;
@@ -175,7 +178,8 @@ Status read_api(const Reader& r, const YAML::Node& node, ApiConfig& api) {
     char* end = nullptr;
     unsigned long m = std::strtoul(mode.c_str(), &end, 8);
     if (mode.empty() || *end != '\0' || m > 0777) {
-      return r.error(node["socket_mode"], "api.socket_mode", "\"" + mode + "\" is not an octal mode");
+      return r.error(node["socket_mode"], "api.socket_mode",
+                     "\"" + mode + "\" is not an octal mode");
     }
     api.socket_mode = static_cast<mode_t>(m);
   }
@@ -207,7 +211,8 @@ Status read_api(const Reader& r, const YAML::Node& node, ApiConfig& api) {
 Result<std::vector<ctl::FieldSpec>> read_fields(const Reader& r, const YAML::Node& node,
                                                 const std::string& path) {
   if (!node.IsDefined()) return r.error(node, path, "is required");
-  if (!node.IsSequence() || node.size() == 0) return r.error(node, path, "must be a list of fields");
+  if (!node.IsSequence() || node.size() == 0)
+    return r.error(node, path, "must be a list of fields");
   std::vector<ctl::FieldSpec> specs;
   for (size_t i = 0; i < node.size(); ++i) {
     const std::string p = Reader::index(path, i);
@@ -249,17 +254,21 @@ Result<uint32_t> read_flags(const Reader& r, const YAML::Node& node, const std::
   if (!node.IsSequence()) return r.error(node, path, "must be a list (no_prealloc, inner_map)");
   for (size_t i = 0; i < node.size(); ++i) {
     POLICYD_ASSIGN_OR_RETURN(std::string f, r.str(node[i], Reader::index(path, i)));
-    if (f == "no_prealloc") flags |= BPF_F_NO_PREALLOC;
-    else if (f == "inner_map") flags |= BPF_F_INNER_MAP;
-    else return r.error(node[i], Reader::index(path, i), "unknown flag \"" + f + "\" (no_prealloc, inner_map)");
+    if (f == "no_prealloc")
+      flags |= BPF_F_NO_PREALLOC;
+    else if (f == "inner_map")
+      flags |= BPF_F_INNER_MAP;
+    else
+      return r.error(node[i], Reader::index(path, i),
+                     "unknown flag \"" + f + "\" (no_prealloc, inner_map)");
   }
   return flags;
 }
 
 Status read_map(const Reader& r, const YAML::Node& node, const std::string& path,
                 DaemonConfig& cfg) {
-  POLICYD_TRY(r.only_keys(node, path, {"name", "type", "slots", "slot_key", "drain", "group",
-                                        "inner"}));
+  POLICYD_TRY(
+      r.only_keys(node, path, {"name", "type", "slots", "slot_key", "drain", "group", "inner"}));
   core::OuterMapConfig m;
   MapSchema schema;
   if (!node["name"]) return r.error(node, path + ".name", "is required");
@@ -274,25 +283,36 @@ Status read_map(const Reader& r, const YAML::Node& node, const std::string& path
   if (node["type"]) {
     POLICYD_ASSIGN_OR_RETURN(type, r.str(node["type"], path + ".type"));
   }
-  if (type == "array_of_maps") m.kind = core::OuterKind::kArray;
-  else if (type == "hash_of_maps") m.kind = core::OuterKind::kHash;
-  else return r.error(node["type"], path + ".type", "unknown outer type \"" + type + "\" (array_of_maps, hash_of_maps)");
+  if (type == "array_of_maps")
+    m.kind = core::OuterKind::kArray;
+  else if (type == "hash_of_maps")
+    m.kind = core::OuterKind::kHash;
+  else
+    return r.error(node["type"], path + ".type",
+                   "unknown outer type \"" + type + "\" (array_of_maps, hash_of_maps)");
   if (!node["slots"]) return r.error(node, path + ".slots", "is required");
   POLICYD_ASSIGN_OR_RETURN(uint64_t slots, r.uint(node["slots"], path + ".slots", 1u << 20));
   if (slots == 0) return r.error(node["slots"], path + ".slots", "must be at least 1");
   m.slots = static_cast<uint32_t>(slots);
   if (m.kind == core::OuterKind::kHash) {
-    POLICYD_ASSIGN_OR_RETURN(ctl::Layout slot_key, read_layout(r, node["slot_key"], path + ".slot_key", ctl::Align::kPacked));
+    POLICYD_ASSIGN_OR_RETURN(
+        ctl::Layout slot_key,
+        read_layout(r, node["slot_key"], path + ".slot_key", ctl::Align::kPacked));
     m.slot_key_size = slot_key.size;
     schema.slot_key = std::move(slot_key);
   } else if (node["slot_key"]) {
-    return r.error(node["slot_key"], path + ".slot_key", "only hash_of_maps has slot keys (array slots are indexes)");
+    return r.error(node["slot_key"], path + ".slot_key",
+                   "only hash_of_maps has slot keys (array slots are indexes)");
   }
   if (node["drain"]) {
     POLICYD_ASSIGN_OR_RETURN(std::string drain, r.str(node["drain"], path + ".drain"));
-    if (drain == "entries") m.drain = core::DrainMode::kEntries;
-    else if (drain == "none") m.drain = core::DrainMode::kNone;
-    else return r.error(node["drain"], path + ".drain", "unknown drain mode \"" + drain + "\" (entries, none)");
+    if (drain == "entries")
+      m.drain = core::DrainMode::kEntries;
+    else if (drain == "none")
+      m.drain = core::DrainMode::kNone;
+    else
+      return r.error(node["drain"], path + ".drain",
+                     "unknown drain mode \"" + drain + "\" (entries, none)");
   }
   if (node["group"]) {
     POLICYD_ASSIGN_OR_RETURN(m.group, r.str(node["group"], path + ".group"));
@@ -308,24 +328,29 @@ Status read_map(const Reader& r, const YAML::Node& node, const std::string& path
   if (!t.ok()) return r.error(inner["type"], ip + ".type", t.error().context);
   m.inner.type = *t;
   if (!inner["max_entries"]) return r.error(inner, ip + ".max_entries", "is required");
-  POLICYD_ASSIGN_OR_RETURN(uint64_t max_entries, r.uint(inner["max_entries"], ip + ".max_entries", UINT32_MAX));
+  POLICYD_ASSIGN_OR_RETURN(uint64_t max_entries,
+                           r.uint(inner["max_entries"], ip + ".max_entries", UINT32_MAX));
   m.inner.max_entries = static_cast<uint32_t>(max_entries);
   POLICYD_ASSIGN_OR_RETURN(m.inner.flags, read_flags(r, inner["flags"], ip + ".flags"));
   ctl::Align align = ctl::Align::kPacked;
   if (inner["align"]) {
     POLICYD_ASSIGN_OR_RETURN(std::string a, r.str(inner["align"], ip + ".align"));
-    if (a == "natural") align = ctl::Align::kNatural;
-    else if (a != "packed") return r.error(inner["align"], ip + ".align", "\"" + a + "\" is not packed or natural");
+    if (a == "natural")
+      align = ctl::Align::kNatural;
+    else if (a != "packed")
+      return r.error(inner["align"], ip + ".align", "\"" + a + "\" is not packed or natural");
   }
   POLICYD_ASSIGN_OR_RETURN(schema.key, read_layout(r, inner["key"], ip + ".key", align));
   POLICYD_ASSIGN_OR_RETURN(schema.value, read_layout(r, inner["value"], ip + ".value", align));
   for (const ctl::Field& f : schema.key.fields) {
-    if (f.counter) return r.error(inner["key"], ip + ".key", "key field \"" + f.name + "\" cannot be a counter");
+    if (f.counter)
+      return r.error(inner["key"], ip + ".key", "key field \"" + f.name + "\" cannot be a counter");
   }
   if (m.inner.type == BPF_MAP_TYPE_LPM_TRIE &&
       (schema.key.fields.empty() || (schema.key.fields[0].type != ctl::FieldType::kIpv4Prefix &&
                                      schema.key.fields[0].type != ctl::FieldType::kIpv6Prefix))) {
-    return r.error(inner["key"], ip + ".key", "an lpm_trie key must start with an ipv4_prefix or ipv6_prefix field");
+    return r.error(inner["key"], ip + ".key",
+                   "an lpm_trie key must start with an ipv4_prefix or ipv6_prefix field");
   }
   m.inner.key_size = schema.key.size;
   m.inner.value_size = schema.value.size;
@@ -372,9 +397,10 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
   DaemonConfig cfg;
   cfg.path = name;
   if (!root.IsMap()) return r.error(root, "(top)", "the config must be a mapping");
-  POLICYD_TRY(r.only_keys(root, "", {"api", "pin_dir", "state_dir", "barrier", "barrier_threads",
-                                     "build_threads", "history", "limits", "log_level", "maps",
-                                     "remove_unlisted_maps", "metrics"}));
+  POLICYD_TRY(
+      r.only_keys(root, "",
+                  {"api", "pin_dir", "state_dir", "barrier", "barrier_threads", "build_threads",
+                   "history", "limits", "log_level", "maps", "remove_unlisted_maps", "metrics"}));
   POLICYD_TRY(read_api(r, root["api"], cfg.api));
   cfg.engine.pin_dir = "/sys/fs/bpf/policyd";
   if (root["pin_dir"]) {
@@ -388,10 +414,14 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
   }
   if (root["barrier"]) {
     POLICYD_ASSIGN_OR_RETURN(std::string b, r.str(root["barrier"], "barrier"));
-    if (b == "auto") cfg.engine.barrier = core::BarrierMode::kAuto;
-    else if (b == "batch") cfg.engine.barrier = core::BarrierMode::kBatch;
-    else if (b == "concurrent") cfg.engine.barrier = core::BarrierMode::kConcurrent;
-    else return r.error(root["barrier"], "barrier", "\"" + b + "\" is not auto, batch or concurrent");
+    if (b == "auto")
+      cfg.engine.barrier = core::BarrierMode::kAuto;
+    else if (b == "batch")
+      cfg.engine.barrier = core::BarrierMode::kBatch;
+    else if (b == "concurrent")
+      cfg.engine.barrier = core::BarrierMode::kConcurrent;
+    else
+      return r.error(root["barrier"], "barrier", "\"" + b + "\" is not auto, batch or concurrent");
   }
   if (root["barrier_threads"]) {
     POLICYD_ASSIGN_OR_RETURN(uint64_t n, r.uint(root["barrier_threads"], "barrier_threads", 1024));
@@ -411,12 +441,17 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
   if (const YAML::Node limits = root["limits"]) {
     POLICYD_TRY(r.only_keys(limits, "limits", {"max_message_bytes", "max_entries_per_push"}));
     if (limits["max_message_bytes"]) {
-      POLICYD_ASSIGN_OR_RETURN(uint64_t v, r.uint(limits["max_message_bytes"], "limits.max_message_bytes", INT32_MAX));
-      if (v < 1024) return r.error(limits["max_message_bytes"], "limits.max_message_bytes", "must be at least 1024");
+      POLICYD_ASSIGN_OR_RETURN(
+          uint64_t v, r.uint(limits["max_message_bytes"], "limits.max_message_bytes", INT32_MAX));
+      if (v < 1024)
+        return r.error(limits["max_message_bytes"], "limits.max_message_bytes",
+                       "must be at least 1024");
       cfg.limits.max_message_bytes = static_cast<uint32_t>(v);
     }
     if (limits["max_entries_per_push"]) {
-      POLICYD_ASSIGN_OR_RETURN(cfg.limits.max_entries_per_push, r.uint(limits["max_entries_per_push"], "limits.max_entries_per_push", UINT32_MAX));
+      POLICYD_ASSIGN_OR_RETURN(
+          cfg.limits.max_entries_per_push,
+          r.uint(limits["max_entries_per_push"], "limits.max_entries_per_push", UINT32_MAX));
     }
   }
   if (root["log_level"]) {
@@ -424,10 +459,14 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
     static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
     bool ok = false;
     for (const char* l : kLevels) ok = ok || cfg.log_level == l;
-    if (!ok) return r.error(root["log_level"], "log_level", "\"" + cfg.log_level + "\" is not trace, debug, info, warn, error, critical or off");
+    if (!ok)
+      return r.error(
+          root["log_level"], "log_level",
+          "\"" + cfg.log_level + "\" is not trace, debug, info, warn, error, critical or off");
   }
   if (root["remove_unlisted_maps"]) {
-    POLICYD_ASSIGN_OR_RETURN(cfg.remove_unlisted_maps, r.boolean(root["remove_unlisted_maps"], "remove_unlisted_maps"));
+    POLICYD_ASSIGN_OR_RETURN(cfg.remove_unlisted_maps,
+                             r.boolean(root["remove_unlisted_maps"], "remove_unlisted_maps"));
   }
   if (const YAML::Node metrics = root["metrics"]) {
     POLICYD_TRY(r.only_keys(metrics, "metrics", {"listen"}));

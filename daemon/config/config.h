@@ -46,7 +46,7 @@ struct ApiConfig {
 };
 
 struct Limits {
-  uint32_t max_message_bytes = 16 << 20;   // gRPC receive limit (unary push)
+  uint32_t max_message_bytes = 16 << 20;    // gRPC receive limit (unary push)
   uint64_t max_entries_per_push = 4 << 20;  // over all changes of one generation
 };
 

@@ -128,9 +128,9 @@ Result<BuiltGeneration> build_generation(const Generation& gen, const MapConfigs
       }
       std::lock_guard lock(mu);
       if (!first_error) {
-        first_error = std::move(inner).error().wrap(
-            "build changes[" + std::to_string(i) + "] (map \"" + map.name + "\" slot " +
-            slot_to_string(map.kind, change.slot) + ")");
+        first_error = std::move(inner).error().wrap("build changes[" + std::to_string(i) +
+                                                    "] (map \"" + map.name + "\" slot " +
+                                                    slot_to_string(map.kind, change.slot) + ")");
       }
     });
   }

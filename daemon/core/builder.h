@@ -36,8 +36,8 @@ struct BuiltChange {
 struct BuiltGeneration {
   std::string label;
   std::vector<BuiltChange> changes;
-  size_t entries = 0;     // total entries written
-  double build_ms = 0;    // wall time of create + fill
+  size_t entries = 0;   // total entries written
+  double build_ms = 0;  // wall time of create + fill
 };
 
 // Creates an empty inner map that matches the outer map's template.

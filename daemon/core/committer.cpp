@@ -9,8 +9,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <future>
-#include <optional>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <shared_mutex>
 #include <thread>
@@ -45,8 +45,10 @@ class HashOccupancy {
       auto it = next.find(c.map);
       if (it == next.end()) it = next.emplace(c.map, used_slots(c.map)).first;
       std::set<Bytes>& used = it->second;
-      if (c.remove) used.erase(c.slot);
-      else used.insert(c.slot);
+      if (c.remove)
+        used.erase(c.slot);
+      else
+        used.insert(c.slot);
       if (used.size() > cfg->second.slots) {
         return Error{ErrorCode::kResourceExhausted, 0,
                      "map \"" + c.map + "\" holds at most " + std::to_string(cfg->second.slots) +
@@ -115,7 +117,7 @@ struct Committer::Impl {
 
   // Committer-thread state.
   StateSnapshot state;
-  std::deque<GenerationRecord> history;  // newest first
+  std::deque<GenerationRecord> history;                        // newest first
   std::map<std::pair<std::string, Bytes>, uint32_t> live_ids;  // inner map id per live slot
   bool record_stale = false;  // the last durable write failed: write again at the next chance
 
@@ -222,7 +224,8 @@ struct Committer::Impl {
         if (store) {
           Status stored = store_contents(*item);
           if (!stored.ok()) {
-            finish(item, stored.error().wrap("record the generation's contents in " + store->dir()));
+            finish(item,
+                   stored.error().wrap("record the generation's contents in " + store->dir()));
             continue;
           }
         }
@@ -359,14 +362,15 @@ struct Committer::Impl {
     for (ItemPtr& item : items) {
       if (std::string gone = removed_map(item->request.generation); !gone.empty()) {
         // Built before a reload removed the map.
-        finish(item, failed_precondition("map \"" + gone + "\" was removed by a configuration reload"));
+        finish(item,
+               failed_precondition("map \"" + gone + "\" was removed by a configuration reload"));
         continue;
       }
       const uint64_t expected = item->request.expected_generation;
       if (expected != 0 && expected != current) {
-        finish(item, failed_precondition("expected generation " + std::to_string(expected) +
-                                         ", but the current generation is " +
-                                         std::to_string(current)));
+        finish(item,
+               failed_precondition("expected generation " + std::to_string(expected) +
+                                   ", but the current generation is " + std::to_string(current)));
         continue;
       }
       if (Status fits = occupancy.apply(item->request.generation); !fits.ok()) {
@@ -392,8 +396,10 @@ struct Committer::Impl {
     auto next_ids = live_ids;
     for (const BuiltGeneration& b : batch) {
       for (const BuiltChange& c : b.changes) {
-        if (c.inner) next_ids[{c.map, c.slot}] = c.inner->id;
-        else next_ids.erase({c.map, c.slot});
+        if (c.inner)
+          next_ids[{c.map, c.slot}] = c.inner->id;
+        else
+          next_ids.erase({c.map, c.slot});
       }
     }
     std::future<Status> recorded;
@@ -401,7 +407,8 @@ struct Committer::Impl {
     if (store) {
       next_record = stored_state(next_ids);
       // The writer reads next_record only; this thread does not touch it until get().
-      recorded = std::async(std::launch::async, [this, &next_record] { return store->write(next_record); });
+      recorded = std::async(std::launch::async,
+                            [this, &next_record] { return store->write(next_record); });
     }
     Result<CommitReport> report = engine->commit(std::move(batch));
     Status durable = store ? recorded.get() : Status{};
@@ -456,7 +463,8 @@ struct Committer::Impl {
           "generation " + std::to_string(report->last_generation) +
           " is live but could not be recorded in " + store->dir() +
           "; it is not acknowledged, and a restart before the next successful record would "
-          "restore generation " + std::to_string(report->first_generation - 1));
+          "restore generation " +
+          std::to_string(report->first_generation - 1));
       spdlog::error("{}", e.message());
       for (ItemPtr& item : ok) finish(item, e);
       for_each_listener([&](EventListener& l) { l.on_committed(event); });
@@ -480,8 +488,8 @@ struct Committer::Impl {
       spdlog::info(
           "committed generation {} label \"{}\": {} slot change(s); build {:.2f} ms, swap {:.2f} "
           "ms, barrier {:.2f} ms, drain {:.2f} ms; {} generation(s) under this barrier",
-          report->first_generation + i, gen.label, gen.changes.size(), build_ms,
-          report->write_ms, report->barrier_ms, drain_ms, ok.size());
+          report->first_generation + i, gen.label, gen.changes.size(), build_ms, report->write_ms,
+          report->barrier_ms, drain_ms, ok.size());
     }
     publish_view();
   }
@@ -556,7 +564,7 @@ struct Committer::Impl {
     item->request.generation = std::move(gen);
     item->built = std::move(b).value();
     item->digests = std::move(digests);  // the recorded contents files are still there
-    item->rollback_to = target;  // reported back as PushResult::restored
+    item->rollback_to = target;          // reported back as PushResult::restored
     commit_batch({item});
   }
 
@@ -654,15 +662,19 @@ struct Committer::Impl {
     POLICYD_ASSIGN_OR_RETURN(Generation repair, repair_changes(recorded));
     if (repair.changes.empty()) {
       engine->set_generation(id);
-      spdlog::info("adopted generation {}: the pinned maps match its record ({} slot(s)); the "
-                   "data plane was not touched", id, recorded.size());
+      spdlog::info(
+          "adopted generation {}: the pinned maps match its record ({} slot(s)); the "
+          "data plane was not touched",
+          id, recorded.size());
     } else {
       const size_t differ = repair.changes.size();
       POLICYD_ASSIGN_OR_RETURN(BuiltGeneration rebuilt, engine->build(repair));
       Result<CommitReport> report = engine->restore(std::move(rebuilt), id);
       if (!report.ok()) return report.error().wrap("restore generation " + std::to_string(id));
-      spdlog::warn("restored generation {}: {} slot(s) differed from its record (empty bpffs "
-                   "after a reboot, or a crash in the middle of a commit)", id, differ);
+      spdlog::warn(
+          "restored generation {}: {} slot(s) differed from its record (empty bpffs "
+          "after a reboot, or a crash in the middle of a commit)",
+          id, differ);
     }
     read_live_ids();
     drain_and_publish();
@@ -681,8 +693,10 @@ struct Committer::Impl {
     StateSnapshot with_digests;
     for (const auto& [key, contents] : state) {
       const InnerTemplate& t = engine->maps().at(key.first).inner;
-      POLICYD_ASSIGN_OR_RETURN(Digest d, store->put_contents(contents->entries, t.key_size, t.value_size));
-      with_digests[key] = std::make_shared<const SlotData>(SlotData{contents->entries, std::move(d)});
+      POLICYD_ASSIGN_OR_RETURN(Digest d,
+                               store->put_contents(contents->entries, t.key_size, t.value_size));
+      with_digests[key] =
+          std::make_shared<const SlotData>(SlotData{contents->entries, std::move(d)});
     }
     POLICYD_TRY(store->sync_contents());
     state = std::move(with_digests);
@@ -708,8 +722,9 @@ struct Committer::Impl {
         auto it = loaded.find(slot.contents);
         if (it == loaded.end()) {
           POLICYD_ASSIGN_OR_RETURN(std::vector<Entry> entries, store->get_contents(slot.contents));
-          it = loaded.emplace(slot.contents, std::make_shared<const SlotData>(
-                                                 SlotData{std::move(entries), slot.contents}))
+          it = loaded
+                   .emplace(slot.contents, std::make_shared<const SlotData>(
+                                               SlotData{std::move(entries), slot.contents}))
                    .first;
         }
         snap[{slot.map, slot.slot}] = it->second;
@@ -828,8 +843,8 @@ void Committer::push(PushRequest request, PushCallback done) {
   impl_->enqueue(std::move(item));
 }
 
-void Committer::rollback(uint64_t generation, uint64_t expected_generation,
-                         std::string request_id, PushCallback done) {
+void Committer::rollback(uint64_t generation, uint64_t expected_generation, std::string request_id,
+                         PushCallback done) {
   auto item = std::make_shared<Impl::Item>();
   item->rollback = true;
   item->rollback_to = generation;
@@ -882,7 +897,9 @@ Status Committer::remove_maps(std::vector<std::string> maps, std::string label) 
     }
     Status emptied;
     if (!item->request.generation.changes.empty()) {
-      item->done = [&](Result<PushResult> r) { if (!r.ok()) emptied = r.error(); };
+      item->done = [&](Result<PushResult> r) {
+        if (!r.ok()) emptied = r.error();
+      };
       item->digests.assign(item->request.generation.changes.size(), Digest{});
       Result<BuiltGeneration> b = engine.build(item->request.generation);
       if (!b.ok()) return b.error();

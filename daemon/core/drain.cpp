@@ -34,11 +34,11 @@ void add_counters(const InnerTemplate& inner, const uint8_t* value,
   const size_t cpus = cpu_count(inner);
   for (const CounterField& c : inner.counters) {
     uint64_t sum = 0;
-    for (size_t cpu = 0; cpu < cpus; ++cpu) sum += read_counter(value + cpu * stride + c.offset, c.size);
+    for (size_t cpu = 0; cpu < cpus; ++cpu)
+      sum += read_counter(value + cpu * stride + c.offset, c.size);
     totals[c.name] += sum;
   }
 }
-
 
 }  // namespace
 

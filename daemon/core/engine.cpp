@@ -30,7 +30,7 @@ struct Engine::Outer {
   Group* group = nullptr;                  // null unless an atomic-group member
   kernel::UniqueFd fd[2];                  // bank copies for group members, fd[0] otherwise
   uint32_t id[2] = {0, 0};
-  std::map<Bytes, InnerRef> slots[2];      // what policyd installed in each copy
+  std::map<Bytes, InnerRef> slots[2];  // what policyd installed in each copy
   [[nodiscard]] int active() const { return group ? group->active : 0; }
   [[nodiscard]] int banks() const { return group ? 2 : 1; }
 };
@@ -67,8 +67,10 @@ InnerRef find_slot(const std::map<Bytes, InnerRef>& slots, const Bytes& slot) {
 }
 
 void set_slot(std::map<Bytes, InnerRef>& slots, const Bytes& slot, InnerRef inner) {
-  if (inner) slots[slot] = std::move(inner);
-  else slots.erase(slot);
+  if (inner)
+    slots[slot] = std::move(inner);
+  else
+    slots.erase(slot);
 }
 
 Status make_dirs(const std::string& path) {
@@ -134,9 +136,12 @@ RoundResult apply_phased(SlotWriter& writer, const std::vector<OuterWrite>& writ
 
 Strategy choose_strategy(BarrierMode mode, const kernel::KernelFacts& facts) {
   switch (mode) {
-    case BarrierMode::kBatch: return Strategy::kBatch;
-    case BarrierMode::kConcurrent: return Strategy::kConcurrent;
-    case BarrierMode::kAuto: break;
+    case BarrierMode::kBatch:
+      return Strategy::kBatch;
+    case BarrierMode::kConcurrent:
+      return Strategy::kConcurrent;
+    case BarrierMode::kAuto:
+      break;
   }
   return facts.outer_batch_update && !facts.batch_waits_per_element ? Strategy::kBatch
                                                                     : Strategy::kConcurrent;
@@ -168,8 +173,7 @@ Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
   POLICYD_ASSIGN_OR_RETURN(engine->writer_, SlotWriter::create(strategy, engine->barrier_pool_));
   POLICYD_TRY(engine->open_maps());
   if (engine->config_.barrier == BarrierMode::kAuto) {
-    spdlog::info("barrier strategy: {} (auto; {})", to_string(strategy),
-                 engine->facts_.describe());
+    spdlog::info("barrier strategy: {} (auto; {})", to_string(strategy), engine->facts_.describe());
   } else {
     spdlog::info("barrier strategy: {} (set by config; kernel {}, not probed)", to_string(strategy),
                  engine->facts_.release);
@@ -207,8 +211,8 @@ Status Engine::add_maps(const std::vector<OuterMapConfig>& maps) {
     Outer& o = *outers_.emplace(m.name, std::move(outer)).first->second;
     if (o.group) {
       for (int bank = 0; bank < 2; ++bank) {
-        POLICYD_TRY(open_outer(o, bank, PinPaths::member_name(m.name, bank),
-                               pins_.member(m.name, bank)));
+        POLICYD_TRY(
+            open_outer(o, bank, PinPaths::member_name(m.name, bank), pins_.member(m.name, bank)));
       }
       // The same inner map may sit in both banks of a group member: share one InnerRef.
       for (auto& [slot, inner] : o.slots[1]) {
@@ -250,7 +254,8 @@ Status Engine::remove_maps(const std::vector<std::string>& maps) {
     }
     outers_.erase(name);
     configs_.erase(name);
-    spdlog::info("removed map \"{}\" (unpinned; programs holding it keep it until they let go)", name);
+    spdlog::info("removed map \"{}\" (unpinned; programs holding it keep it until they let go)",
+                 name);
   }
   return {};
 }
@@ -264,14 +269,17 @@ Status Engine::open_outer(Outer& outer, int bank, const std::string& kernel_name
   if (pinned.ok()) {
     POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(pinned->get()));
     std::string why;
-    if (info.type != type) why = std::string("it is ") + kernel::map_type_name(info.type);
-    else if (info.key_size != cfg.slot_key_size) why = "its key is " + std::to_string(info.key_size) + " bytes";
-    else if (info.max_entries != cfg.slots) why = "it has " + std::to_string(info.max_entries) + " slots";
+    if (info.type != type)
+      why = std::string("it is ") + kernel::map_type_name(info.type);
+    else if (info.key_size != cfg.slot_key_size)
+      why = "its key is " + std::to_string(info.key_size) + " bytes";
+    else if (info.max_entries != cfg.slots)
+      why = "it has " + std::to_string(info.max_entries) + " slots";
     if (!why.empty()) {
       return failed_precondition("pinned map " + path + " does not match map \"" + cfg.name +
-                                 "\" (" + to_string(cfg.kind) + ", " +
-                                 std::to_string(cfg.slots) + " slots, key " +
-                                 std::to_string(cfg.slot_key_size) + " bytes): " + why +
+                                 "\" (" + to_string(cfg.kind) + ", " + std::to_string(cfg.slots) +
+                                 " slots, key " + std::to_string(cfg.slot_key_size) +
+                                 " bytes): " + why +
                                  "; policyd never replaces a pinned map, remove it or fix the "
                                  "config");
     }
@@ -470,9 +478,9 @@ Status Engine::undo(Plan& plan, const RoundResult& round) {
     }
   }
   if (undone.error) {
-    return Error{ErrorCode::kInternal, undone.error->sys_errno,
-                 "undo failed, the data plane may hold a mix of generations: " +
-                     undone.error->context};
+    return Error{
+        ErrorCode::kInternal, undone.error->sys_errno,
+        "undo failed, the data plane may hold a mix of generations: " + undone.error->context};
   }
   return {};
 }
@@ -525,15 +533,16 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
   // go in a round of their own (one more grace period, only in that case).
   std::map<std::pair<const Outer*, int>, size_t> inserts;
   for (const Plan::Record& r : plan.records) {
-    if (r.outer->config->kind == OuterKind::kHash && r.next && !r.prev) inserts[{r.outer, r.bank}]++;
+    if (r.outer->config->kind == OuterKind::kHash && r.next && !r.prev)
+      inserts[{r.outer, r.bank}]++;
   }
   std::vector<bool> first(plan.records.size(), false);
   for (size_t i = 0; i < plan.records.size(); ++i) {
     const Plan::Record& r = plan.records[i];
     if (r.next || !r.prev) continue;
     auto it = inserts.find({r.outer, r.bank});
-    first[i] = it != inserts.end() &&
-               r.outer->slots[r.bank].size() + it->second > r.outer->config->slots;
+    first[i] =
+        it != inserts.end() && r.outer->slots[r.bank].size() + it->second > r.outer->config->slots;
   }
   RoundResult round = apply_phased(*writer_, plan.writes, first);
   report.write_ms = ms_since(t0);
@@ -542,8 +551,10 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
     Status undone = undo(plan, round);
     unpin_unless_pending(plan);
     Error e = round.error->wrap(what);
-    if (!undone.ok()) e.context += "; " + undone.error().context;
-    else e.context += "; undone, the data plane keeps generation " + std::to_string(current_);
+    if (!undone.ok())
+      e.context += "; " + undone.error().context;
+    else
+      e.context += "; undone, the data plane keeps generation " + std::to_string(current_);
     return e;
   }
   if (!plan.groups.empty()) {
@@ -593,7 +604,8 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
 
 Status Engine::pin_for_drain(InnerMap& inner) {
   if (!inner.drain_pin.empty() || !inner.fd.valid()) return {};
-  const std::string path = pins_.drain_pin(inner.map, util::to_hex(inner.slot), inner.installed_by, inner.id);
+  const std::string path =
+      pins_.drain_pin(inner.map, util::to_hex(inner.slot), inner.installed_by, inner.id);
   POLICYD_TRY(kernel::pin(inner.fd.get(), path));
   inner.drain_pin = path;
   return {};
@@ -704,8 +716,10 @@ Status Engine::recover_drain_pins(const std::set<uint32_t>& counted) {
     }
     // "<map>_<slot hex>_<installed_by>_<id>"; the map name may itself contain '_'.
     const size_t p3 = name.rfind('_');
-    const size_t p2 = p3 == std::string::npos || p3 == 0 ? std::string::npos : name.rfind('_', p3 - 1);
-    const size_t p1 = p2 == std::string::npos || p2 == 0 ? std::string::npos : name.rfind('_', p2 - 1);
+    const size_t p2 =
+        p3 == std::string::npos || p3 == 0 ? std::string::npos : name.rfind('_', p3 - 1);
+    const size_t p1 =
+        p2 == std::string::npos || p2 == 0 ? std::string::npos : name.rfind('_', p2 - 1);
     Result<Bytes> slot = p1 == std::string::npos ? Result<Bytes>(invalid_argument("bad name"))
                                                  : util::from_hex(name.substr(p1 + 1, p2 - p1 - 1));
     const std::string map = p1 == std::string::npos ? "" : name.substr(0, p1);
@@ -723,7 +737,8 @@ Status Engine::recover_drain_pins(const std::set<uint32_t>& counted) {
     pending_.push_back({std::move(inner), 0});
     ++recovered;
   }
-  if (recovered) spdlog::info("{}: {} replaced inner map(s) left by the last run, to drain", dir, recovered);
+  if (recovered)
+    spdlog::info("{}: {} replaced inner map(s) left by the last run, to drain", dir, recovered);
   return {};
 }
 

@@ -31,10 +31,10 @@ namespace policyd::core {
 struct CommitReport {
   uint64_t first_generation = 0;  // ids assigned to the batch, in acceptance order
   uint64_t last_generation = 0;
-  size_t slots_written = 0;       // outer-map slot writes, banks included
-  size_t rounds = 0;              // write rounds + explicit barriers this commit waited for
-  double write_ms = 0;            // outer-map writes (their waits included)
-  double barrier_ms = 0;          // explicit barrier (atomic groups only)
+  size_t slots_written = 0;  // outer-map slot writes, banks included
+  size_t rounds = 0;         // write rounds + explicit barriers this commit waited for
+  double write_ms = 0;       // outer-map writes (their waits included)
+  double barrier_ms = 0;     // explicit barrier (atomic groups only)
 };
 
 struct SlotInfo {
@@ -51,13 +51,13 @@ struct CounterKey {
 };
 
 struct EngineStats {
-  uint64_t commits = 0;             // commit() calls that succeeded
-  uint64_t generations = 0;         // generations committed
+  uint64_t commits = 0;      // commit() calls that succeeded
+  uint64_t generations = 0;  // generations committed
   uint64_t failed_commits = 0;
   uint64_t drained_maps = 0;
   uint64_t drained_entries = 0;
-  uint64_t live_inner_maps = 0;     // inner maps installed in outer maps (both banks of groups)
-  WriterStats writer;               // rounds, waiting calls, explicit barriers
+  uint64_t live_inner_maps = 0;  // inner maps installed in outer maps (both banks of groups)
+  WriterStats writer;            // rounds, waiting calls, explicit barriers
 };
 
 class Engine {

@@ -13,9 +13,12 @@ const char* to_string(OuterKind kind) {
 const char* to_string(DrainMode mode) { return mode == DrainMode::kEntries ? "entries" : "none"; }
 const char* to_string(BarrierMode mode) {
   switch (mode) {
-    case BarrierMode::kAuto: return "auto";
-    case BarrierMode::kBatch: return "batch";
-    case BarrierMode::kConcurrent: return "concurrent";
+    case BarrierMode::kAuto:
+      return "auto";
+    case BarrierMode::kBatch:
+      return "batch";
+    case BarrierMode::kConcurrent:
+      return "concurrent";
   }
   return "unknown";
 }

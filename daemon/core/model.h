@@ -95,8 +95,8 @@ struct DrainRecord {
   uint64_t installed_by = 0;  // generation that installed it (0: adopted or never committed)
   uint64_t replaced_by = 0;   // generation whose commit removed it from the data plane
   DrainMode mode = DrainMode::kEntries;
-  std::vector<DrainedEntry> entries;           // empty when mode is kNone
-  std::map<std::string, uint64_t> counters;    // field -> sum over entries and CPUs
+  std::vector<DrainedEntry> entries;         // empty when mode is kNone
+  std::map<std::string, uint64_t> counters;  // field -> sum over entries and CPUs
 };
 
 // Human form of a slot key: the index for arrays, hex for hash keys.

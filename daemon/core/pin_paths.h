@@ -16,15 +16,15 @@ class PinPaths {
   [[nodiscard]] static std::string member_name(const std::string& map, int bank) {
     return map + (bank == 0 ? POLICYD_BANK_A_SUFFIX : POLICYD_BANK_B_SUFFIX);
   }
-  [[nodiscard]] static std::string bank_name(const std::string& group) { return group + POLICYD_BANK_MAP_SUFFIX; }
+  [[nodiscard]] static std::string bank_name(const std::string& group) {
+    return group + POLICYD_BANK_MAP_SUFFIX;
+  }
 
   [[nodiscard]] std::string outer(const std::string& map) const { return dir_ + "/" + map; }
   [[nodiscard]] std::string member(const std::string& map, int bank) const {
     return outer(member_name(map, bank));
   }
-  [[nodiscard]] std::string bank(const std::string& group) const {
-    return outer(bank_name(group));
-  }
+  [[nodiscard]] std::string bank(const std::string& group) const { return outer(bank_name(group)); }
   // Replaced inner maps wait here, pinned, until their drain is durable (G8). bpffs refuses
   // '.' in names, so this is "_drain" rather than a hidden ".drain"; map names cannot start
   // with '_'.

@@ -140,7 +140,8 @@ RoundResult SlotWriter::apply(const std::vector<OuterWrite>& writes) {
     }
     if (errors[c] && !result.error) {
       // Batch calls apply in order: the element at `applied` is the one that failed.
-      const size_t failed = calls[c].writes[std::min<size_t>(applied[c], calls[c].writes.size() - 1)];
+      const size_t failed =
+          calls[c].writes[std::min<size_t>(applied[c], calls[c].writes.size() - 1)];
       result.error = errors[c]->wrap(writes[failed].what);
     }
   }

@@ -21,15 +21,15 @@ namespace policyd::core {
 
 struct OuterWrite {
   int outer_fd = -1;
-  bool array = true;     // ARRAY_OF_MAPS (no delete batch) or HASH_OF_MAPS
+  bool array = true;  // ARRAY_OF_MAPS (no delete batch) or HASH_OF_MAPS
   Bytes slot;
-  int inner_fd = -1;     // -1: delete the slot
-  std::string what;      // "map \"acl\" slot 3", for errors
+  int inner_fd = -1;  // -1: delete the slot
+  std::string what;   // "map \"acl\" slot 3", for errors
 };
 
 struct RoundResult {
-  std::vector<bool> applied;  // per write, in input order
-  std::optional<Error> error; // the first failure, naming its slot
+  std::vector<bool> applied;   // per write, in input order
+  std::optional<Error> error;  // the first failure, naming its slot
 };
 
 // The committer's own accounting, so tests can assert "one round" without timing anything.
@@ -39,7 +39,7 @@ struct WriterStats {
   uint64_t last_round_calls = 0;
   // ceil(calls / pool size) of the last round: 1 when every call ran at the same time.
   uint64_t last_round_depth = 0;
-  uint64_t barriers = 0;       // explicit barriers
+  uint64_t barriers = 0;  // explicit barriers
 };
 
 class SlotWriter {

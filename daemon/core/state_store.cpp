@@ -51,8 +51,8 @@ std::string frame(const std::string& payload) {
 // The payload of a framed file, or why the file is not a valid frame.
 Result<std::string> unframe(const std::string& data) {
   if (data.size() < kHeaderSize) {
-    return invalid_argument("truncated: " + std::to_string(data.size()) + " bytes, the header alone is " +
-                            std::to_string(kHeaderSize));
+    return invalid_argument("truncated: " + std::to_string(data.size()) +
+                            " bytes, the header alone is " + std::to_string(kHeaderSize));
   }
   if (std::memcmp(data.data(), kMagic, sizeof(kMagic)) != 0) {
     return invalid_argument("not a policyd state file (bad magic)");
@@ -133,7 +133,8 @@ Status make_dir(const std::string& path) {
 std::string corrupt(const std::string& path, const std::string& why) {
   return "state file " + path + " is corrupt: " + why +
          ". policyd will not guess what the data plane should hold. To recover, restore the "
-         "state directory from a backup, or move it aside (mv " + path + " " + path +
+         "state directory from a backup, or move it aside (mv " +
+         path + " " + path +
          ".bad) and start again: policyd then adopts the pinned maps as they are (generation "
          "history starts over), or starts empty when nothing is pinned";
 }
@@ -218,7 +219,8 @@ Result<std::optional<StoredState>> StateStore::load() const {
   Result<std::string> payload = unframe(*data);
   if (!payload.ok()) return failed_precondition(corrupt(path, payload.error().context));
   pb::State msg;
-  if (!msg.ParseFromString(*payload)) return failed_precondition(corrupt(path, "unreadable record"));
+  if (!msg.ParseFromString(*payload))
+    return failed_precondition(corrupt(path, "unreadable record"));
 
   StoredState state;
   state.pin_dir = msg.pin_dir();
@@ -232,20 +234,23 @@ Result<std::optional<StoredState>> StateStore::load() const {
     sg.entries = g.entries();
     sg.request_id = g.request_id();
     for (const pb::Slot& s : g.slots()) {
-      sg.slots.push_back({s.map(), Bytes(s.slot().begin(), s.slot().end()), s.contents(), s.inner_id()});
+      sg.slots.push_back(
+          {s.map(), Bytes(s.slot().begin(), s.slot().end()), s.contents(), s.inner_id()});
     }
     sg.content_hash = g.content_hash();
     if (generation_hash(sg.slots) != sg.content_hash) {
-      return failed_precondition(corrupt(path, "generation " + std::to_string(sg.id) +
-                                                   " does not match its content hash"));
+      return failed_precondition(corrupt(
+          path, "generation " + std::to_string(sg.id) + " does not match its content hash"));
     }
     state.history.push_back(std::move(sg));
   }
   if (!state.history.empty() && state.history.front().id != state.generation) {
-    return failed_precondition(corrupt(path, "the newest history record is not the current generation"));
+    return failed_precondition(
+        corrupt(path, "the newest history record is not the current generation"));
   }
   for (const pb::CounterTotal& c : msg.drained()) {
-    state.drained.push_back({c.map(), Bytes(c.slot().begin(), c.slot().end()), c.field(), c.total()});
+    state.drained.push_back(
+        {c.map(), Bytes(c.slot().begin(), c.slot().end()), c.field(), c.total()});
   }
   state.drained_inner_ids.assign(msg.drained_inner_ids().begin(), msg.drained_inner_ids().end());
   return std::optional<StoredState>(std::move(state));
@@ -300,7 +305,8 @@ Result<std::vector<Entry>> StateStore::get_contents(const Digest& digest) const 
     return failed_precondition(corrupt(path, "contents do not match the file name"));
   }
   pb::Contents msg;
-  if (!msg.ParseFromString(*payload)) return failed_precondition(corrupt(path, "unreadable contents"));
+  if (!msg.ParseFromString(*payload))
+    return failed_precondition(corrupt(path, "unreadable contents"));
   const size_t stride = size_t{msg.key_size()} + msg.value_size();
   if (msg.data().size() != stride * msg.count()) {
     return failed_precondition(corrupt(path, "entry data does not match the entry count"));

@@ -108,8 +108,8 @@ std::string check_entry(const OuterMapConfig& map, const Entry& e) {
     std::memcpy(&prefixlen, e.key.data(), sizeof(prefixlen));
     uint32_t max_bits = (inner.key_size - 4) * 8;
     if (prefixlen > max_bits) {
-      return "prefix length " + std::to_string(prefixlen) + " exceeds " +
-             std::to_string(max_bits) + " bits";
+      return "prefix length " + std::to_string(prefixlen) + " exceeds " + std::to_string(max_bits) +
+             " bits";
     }
   }
   return "";

@@ -30,9 +30,9 @@
 #include <vector>
 
 #include "ctl/json.h"
-#include "ctl/status_name.h"
 #include "ctl/policy_file.h"
 #include "ctl/schema.h"
+#include "ctl/status_name.h"
 #include "policyd/v1/policyd.grpc.pb.h"
 #include "util/hex.h"
 

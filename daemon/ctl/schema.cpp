@@ -22,10 +22,14 @@ struct TypeInfo {
 };
 
 constexpr TypeInfo kFixedTypes[] = {
-    {"u8", FieldType::kU8, 1, 1},           {"u16", FieldType::kU16, 2, 2},
-    {"u32", FieldType::kU32, 4, 4},         {"u64", FieldType::kU64, 8, 8},
-    {"be16", FieldType::kBe16, 2, 2},       {"be32", FieldType::kBe32, 4, 4},
-    {"ipv4", FieldType::kIpv4, 4, 1},       {"ipv6", FieldType::kIpv6, 16, 1},
+    {"u8", FieldType::kU8, 1, 1},
+    {"u16", FieldType::kU16, 2, 2},
+    {"u32", FieldType::kU32, 4, 4},
+    {"u64", FieldType::kU64, 8, 8},
+    {"be16", FieldType::kBe16, 2, 2},
+    {"be32", FieldType::kBe32, 4, 4},
+    {"ipv4", FieldType::kIpv4, 4, 1},
+    {"ipv6", FieldType::kIpv6, 16, 1},
     {"ipv4_prefix", FieldType::kIpv4Prefix, 8, 4},
     {"ipv6_prefix", FieldType::kIpv6Prefix, 20, 4},
     {"mac", FieldType::kMac, 6, 1},
@@ -57,7 +61,8 @@ Result<TypeInfo> parse_type(const std::string& type) {
 }
 
 Result<uint64_t> parse_uint(const std::string& text, uint64_t max) {
-  if (text.empty() || text[0] == '-' || text[0] == '+' || std::isspace(static_cast<unsigned char>(text[0]))) {
+  if (text.empty() || text[0] == '-' || text[0] == '+' ||
+      std::isspace(static_cast<unsigned char>(text[0]))) {
     return invalid_argument("\"" + text + "\" is not an unsigned integer");
   }
   errno = 0;
@@ -77,7 +82,8 @@ void put_le(Bytes& out, uint32_t offset, uint64_t v, uint32_t size) {
 }
 
 void put_be(Bytes& out, uint32_t offset, uint64_t v, uint32_t size) {
-  for (uint32_t i = 0; i < size; ++i) out[offset + size - 1 - i] = static_cast<uint8_t>(v >> (8 * i));
+  for (uint32_t i = 0; i < size; ++i)
+    out[offset + size - 1 - i] = static_cast<uint8_t>(v >> (8 * i));
 }
 
 uint64_t get_le(const Bytes& b, uint32_t offset, uint32_t size) {
@@ -134,9 +140,12 @@ std::string format_addr(int family, const uint8_t* p) {
 
 std::string Field::type_name() const {
   switch (type) {
-    case FieldType::kBytes: return "bytes[" + std::to_string(size) + "]";
-    case FieldType::kPad: return "pad[" + std::to_string(size) + "]";
-    default: break;
+    case FieldType::kBytes:
+      return "bytes[" + std::to_string(size) + "]";
+    case FieldType::kPad:
+      return "pad[" + std::to_string(size) + "]";
+    default:
+      break;
   }
   for (const TypeInfo& t : kFixedTypes) {
     if (t.type == type) return t.name;
@@ -189,18 +198,20 @@ Status encode_field(const Field& f, const std::string& text, Bytes& out) {
     case FieldType::kBe16:
     case FieldType::kBe32: {
       const bool be = f.type == FieldType::kBe16 || f.type == FieldType::kBe32;
-      const uint64_t max = f.size == 8 ? std::numeric_limits<uint64_t>::max()
-                                       : (uint64_t{1} << (8 * f.size)) - 1;
+      const uint64_t max =
+          f.size == 8 ? std::numeric_limits<uint64_t>::max() : (uint64_t{1} << (8 * f.size)) - 1;
       Result<uint64_t> v = parse_uint(text, max);
       if (!v.ok()) return fail(v.error());
-      if (be) put_be(out, f.offset, *v, f.size);
-      else put_le(out, f.offset, *v, f.size);
+      if (be)
+        put_be(out, f.offset, *v, f.size);
+      else
+        put_le(out, f.offset, *v, f.size);
       return {};
     }
     case FieldType::kIpv4:
     case FieldType::kIpv6: {
-      Status st = parse_addr(f.type == FieldType::kIpv4 ? AF_INET : AF_INET6, text,
-                             out.data() + f.offset);
+      Status st =
+          parse_addr(f.type == FieldType::kIpv4 ? AF_INET : AF_INET6, text, out.data() + f.offset);
       return st.ok() ? st : Status(fail(st.error()));
     }
     case FieldType::kIpv4Prefix:
@@ -213,7 +224,8 @@ Status encode_field(const Field& f, const std::string& text, Bytes& out) {
       unsigned m[6];
       char tail = 0;
       if (std::sscanf(text.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &m[0], &m[1], &m[2], &m[3], &m[4],
-                      &m[5], &tail) != 6 || text.size() != 17) {
+                      &m[5], &tail) != 6 ||
+          text.size() != 17) {
         return fail(invalid_argument("\"" + text + "\" is not a MAC address (aa:bb:cc:dd:ee:ff)"));
       }
       for (int i = 0; i < 6; ++i) out[f.offset + i] = static_cast<uint8_t>(m[i]);
@@ -269,11 +281,19 @@ std::map<std::string, std::string> decode(const Layout& layout, const Bytes& b) 
       case FieldType::kU8:
       case FieldType::kU16:
       case FieldType::kU32:
-      case FieldType::kU64: text = std::to_string(get_le(b, f.offset, f.size)); break;
+      case FieldType::kU64:
+        text = std::to_string(get_le(b, f.offset, f.size));
+        break;
       case FieldType::kBe16:
-      case FieldType::kBe32: text = std::to_string(get_be(b, f.offset, f.size)); break;
-      case FieldType::kIpv4: text = format_addr(AF_INET, b.data() + f.offset); break;
-      case FieldType::kIpv6: text = format_addr(AF_INET6, b.data() + f.offset); break;
+      case FieldType::kBe32:
+        text = std::to_string(get_be(b, f.offset, f.size));
+        break;
+      case FieldType::kIpv4:
+        text = format_addr(AF_INET, b.data() + f.offset);
+        break;
+      case FieldType::kIpv6:
+        text = format_addr(AF_INET6, b.data() + f.offset);
+        break;
       case FieldType::kIpv4Prefix:
       case FieldType::kIpv6Prefix: {
         const bool v4 = f.type == FieldType::kIpv4Prefix;
@@ -292,7 +312,8 @@ std::map<std::string, std::string> decode(const Layout& layout, const Bytes& b) 
       case FieldType::kBytes:
         text = util::to_hex(Bytes(b.begin() + f.offset, b.begin() + f.offset + f.size));
         break;
-      case FieldType::kPad: continue;
+      case FieldType::kPad:
+        continue;
     }
     out[f.name] = text;
   }

@@ -16,14 +16,19 @@ namespace policyd::ctl {
 using Bytes = std::vector<uint8_t>;
 
 enum class FieldType {
-  kU8, kU16, kU32, kU64,  // host (little-endian) integers
-  kBe16, kBe32,           // big-endian integers (ports, network numbers)
-  kIpv4, kIpv6,           // addresses in network order
-  kIpv4Prefix,            // LPM key head: u32 prefix length + 4 address bytes
-  kIpv6Prefix,            // u32 prefix length + 16 address bytes
-  kMac,                   // 6 bytes
-  kBytes,                 // bytes[N], written as hex
-  kPad,                   // pad[N], always zero
+  kU8,
+  kU16,
+  kU32,
+  kU64,  // host (little-endian) integers
+  kBe16,
+  kBe32,  // big-endian integers (ports, network numbers)
+  kIpv4,
+  kIpv6,        // addresses in network order
+  kIpv4Prefix,  // LPM key head: u32 prefix length + 4 address bytes
+  kIpv6Prefix,  // u32 prefix length + 16 address bytes
+  kMac,         // 6 bytes
+  kBytes,       // bytes[N], written as hex
+  kPad,         // pad[N], always zero
 };
 
 struct FieldSpec {

@@ -73,10 +73,9 @@ Result<UniqueFd> create_map(const MapSpec& spec) {
   int fd = bpf_map_create(spec.type, spec.name.c_str(), spec.key_size, spec.value_size,
                           spec.max_entries, &opts);
   if (fd < 0) {
-    return sys_error(errno_of(fd), std::string("create ") + map_type_name(spec.type) +
-                                       " map \"" + spec.name + "\" (key " +
-                                       std::to_string(spec.key_size) + ", value " +
-                                       std::to_string(spec.value_size) + ", entries " +
+    return sys_error(errno_of(fd), std::string("create ") + map_type_name(spec.type) + " map \"" +
+                                       spec.name + "\" (key " + std::to_string(spec.key_size) +
+                                       ", value " + std::to_string(spec.value_size) + ", entries " +
                                        std::to_string(spec.max_entries) + ")");
   }
   return UniqueFd(fd);

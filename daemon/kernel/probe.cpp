@@ -43,7 +43,7 @@ std::string KernelFacts::describe() const {
                 "kernel %s: outer batch update %s, %s; single %.2f ms, batch(1) %.2f ms, "
                 "batch(%u) %.2f ms",
                 release.c_str(), outer_batch_update ? "supported" : "unsupported",
-                !outer_batch_update          ? "-"
+                !outer_batch_update       ? "-"
                 : batch_waits_per_element ? "waits per element"
                                           : "waits per call",
                 single_update_ms, batch1_ms, kBatch, batch8_ms);

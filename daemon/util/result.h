@@ -88,11 +88,10 @@ using Status = Result<void>;
 }  // namespace policyd
 
 // Propagates an error from an expression returning Result<...>; evaluates to nothing.
-#define POLICYD_TRY(expr)                                   \
-  do {                                                      \
-    auto policyd_try_result_ = (expr);                      \
-    if (!policyd_try_result_.ok())                          \
-      return std::move(policyd_try_result_).error();        \
+#define POLICYD_TRY(expr)                                                         \
+  do {                                                                            \
+    auto policyd_try_result_ = (expr);                                            \
+    if (!policyd_try_result_.ok()) return std::move(policyd_try_result_).error(); \
   } while (0)
 
 #define POLICYD_CONCAT_INNER_(a, b) a##b

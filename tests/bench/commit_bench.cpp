@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/builder.h"
 #include "core/engine.h"
 #include "core/model.h"
@@ -33,7 +34,6 @@
 #include "core/validate.h"
 #include "kernel/map.h"
 #include "kernel/unique_fd.h"
-#include "bench_util.h"
 #include "support/bpffs.h"
 #include "util/result.h"
 #include "util/worker_pool.h"
@@ -593,9 +593,6 @@ Options parse_options(int argc, char** argv) {
   }
   return opt;
 }
-
-
-
 
 std::string histogram(const std::vector<double>& ms) {
   std::map<long, int> buckets;

@@ -29,10 +29,10 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "daemon_fixture.h"
 #include "kernel/map.h"
 #include "kernel/unique_fd.h"
-#include "bench_util.h"
 #include "support/bpffs.h"
 #include "util/result.h"
 
@@ -71,8 +71,6 @@ T take(Result<T> r, const std::string& what) {
 void take(const Status& st, const std::string& what) {
   if (!st.ok()) die(what + ": " + st.error().message());
 }
-
-
 
 // ---------------------------------------------------------------------------------------------
 // Baseline: one raw outer-map update that replaces an inner map (what one barrier costs).
@@ -321,7 +319,6 @@ Options parse_options(int argc, char** argv) {
   }
   return opt;
 }
-
 
 int run(int argc, char** argv) {
   const Options opt = parse_options(argc, argv);

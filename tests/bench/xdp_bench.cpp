@@ -69,7 +69,6 @@ void pin_to_cpu(int cpu) {
   }
 }
 
-
 // A generation that replaces the sender's slot with "drop the sender" plus `n`-dependent
 // filler rules (so every generation is a new trie with different contents).
 v1::PushGenerationRequest drop_generation(uint32_t ifindex, const std::string& sender, int n) {

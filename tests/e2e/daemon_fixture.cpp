@@ -179,8 +179,7 @@ std::string config_yaml(const DaemonOptions& o, const std::string& socket,
     << "limits: {max_message_bytes: " << o.max_message_bytes
     << ", max_entries_per_push: " << o.max_entries_per_push << "}\n"
     << "log_level: " << o.log_level << "\n"
-    << (o.metrics_yaml.empty() ? "" : "metrics: " + o.metrics_yaml + "\n")
-    << o.maps_yaml;
+    << (o.metrics_yaml.empty() ? "" : "metrics: " + o.metrics_yaml + "\n") << o.maps_yaml;
   return y.str();
 }
 

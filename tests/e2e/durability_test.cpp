@@ -113,7 +113,8 @@ class DurabilityTest : public DaemonTest {
       if (leaked.empty()) return;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     } while (std::chrono::steady_clock::now() < deadline);
-    FAIL() << when << ": " << leaked.size() << " acl inner map(s) alive in the kernel but in no slot";
+    FAIL() << when << ": " << leaked.size()
+           << " acl inner map(s) alive in the kernel but in no slot";
   }
 
   // SIGKILL and wait for the exit.
@@ -172,8 +173,8 @@ TEST_F(DurabilityTest, RestartKeepsGenerationIdsHistoryAndRequestIds) {
   ASSERT_FALSE(HasFatalFailure());
 
   EXPECT_EQ(snapshot(), snap) << "a restart with the maps pinned must not touch the data plane";
-  EXPECT_TRUE(contains_all(daemon().log(), {"adopted generation " + std::to_string(gb),
-                                            "not touched"}))
+  EXPECT_TRUE(
+      contains_all(daemon().log(), {"adopted generation " + std::to_string(gb), "not touched"}))
       << daemon().log();
   EXPECT_EQ(get_state().generation(), gb) << "the generation id must survive a restart";
   v1::ListGenerationsResponse gens = list_generations();
@@ -233,31 +234,31 @@ TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
   // What a crash between swap and durable drain record leaves: a replaced inner map, pinned
   // under _drain, holding counts that no record has. Made by hand with acl's inner layout.
   kernel::MapSpec spec{BPF_MAP_TYPE_LPM_TRIE, "acl", kAclKeySize, kAclValueSize, kAclInnerMax,
-                       BPF_F_NO_PREALLOC, -1};
+                       BPF_F_NO_PREALLOC,     -1};
   auto inner = kernel::create_map(spec);
   ASSERT_TRUE(inner.ok()) << inner.error().message();
-  ASSERT_TRUE(kernel::update_elem(inner->get(), acl_key(24, 10, 1, 2, 0).data(),
-                                  acl_value(7, 4242).data())
-                  .ok());
+  ASSERT_TRUE(
+      kernel::update_elem(inner->get(), acl_key(24, 10, 1, 2, 0).data(), acl_value(7, 4242).data())
+          .ok());
   auto info = kernel::map_info(inner->get());
   ASSERT_TRUE(info.ok());
-  const std::string pin_path = pin_dir() + "/_drain/acl_" + hex(u32le(kSlot)) + "_1_" +
-                               std::to_string(info->id);
+  const std::string pin_path =
+      pin_dir() + "/_drain/acl_" + hex(u32le(kSlot)) + "_1_" + std::to_string(info->id);
   ASSERT_TRUE(kernel::pin(inner->get(), pin_path).ok());
   inner->reset();
 
   // And one of the hash outer map ports (slot key: ifindex 9), with its packets counter.
-  kernel::MapSpec ports_spec{BPF_MAP_TYPE_HASH, "ports", kPortsKeySize, kPortsValueSize,
-                             kPortsInnerMax, 0, -1};
+  kernel::MapSpec ports_spec{
+      BPF_MAP_TYPE_HASH, "ports", kPortsKeySize, kPortsValueSize, kPortsInnerMax, 0, -1};
   auto ports_inner = kernel::create_map(ports_spec);
   ASSERT_TRUE(ports_inner.ok()) << ports_inner.error().message();
-  ASSERT_TRUE(kernel::update_elem(ports_inner->get(), ports_key(53, 17).data(),
-                                  ports_value(1, 31).data())
-                  .ok());
+  ASSERT_TRUE(
+      kernel::update_elem(ports_inner->get(), ports_key(53, 17).data(), ports_value(1, 31).data())
+          .ok());
   auto ports_info = kernel::map_info(ports_inner->get());
   ASSERT_TRUE(ports_info.ok());
-  ASSERT_TRUE(kernel::pin(ports_inner->get(), pin_dir() + "/_drain/ports_" + hex(u32le(9)) +
-                                                  "_2_" + std::to_string(ports_info->id))
+  ASSERT_TRUE(kernel::pin(ports_inner->get(), pin_dir() + "/_drain/ports_" + hex(u32le(9)) + "_2_" +
+                                                  std::to_string(ports_info->id))
                   .ok());
   ports_inner->reset();
 
@@ -347,7 +348,7 @@ TEST_F(GroupDurabilityTest, AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBan
   // What the crash left: counts in the replaced map, no record of them, the drain pin.
   ASSERT_TRUE(kernel::update_elem(replaced->get(), u32le(1).data(), u64le(777).data()).ok());
   ASSERT_TRUE(kernel::pin(replaced->get(), pin_dir() + "/_drain/g_acl_" + hex(u32le(0)) + "_1_" +
-                                                std::to_string((*ks)->map_id))
+                                               std::to_string((*ks)->map_id))
                   .ok());
 
   restart_daemon();
@@ -375,7 +376,8 @@ TEST_F(DurabilityTest, ARecordIsNeverAppliedToAnotherPinDir) {
     out << yaml.substr(0, at) << other << yaml.substr(at + pin_dir().size());
   }
   std::string log = start_expect_refusal();
-  EXPECT_TRUE(contains_all(log, {"records the maps of pin_dir " + pin_dir(), other, "own state_dir"}))
+  EXPECT_TRUE(
+      contains_all(log, {"records the maps of pin_dir " + pin_dir(), other, "own state_dir"}))
       << log;
   {
     std::ofstream out(daemon().config_path(), std::ios::trunc);
@@ -574,12 +576,14 @@ TEST_F(DurabilityTest, SurvivesFiftySigkillsWithoutLosingAGenerationOrACount) {
           if (!stub->PushGeneration(&ctx, req, &resp).ok()) return;  // the daemon died
           if (resp.batch_size() > max_batch) max_batch = resp.batch_size();
           uint64_t seen = acked_generation;
-          while (resp.generation() > seen && !acked_generation.compare_exchange_weak(seen, resp.generation())) {
+          while (resp.generation() > seen &&
+                 !acked_generation.compare_exchange_weak(seen, resp.generation())) {
           }
         }
       });
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<>(5, 150)(rng)));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::uniform_int_distribution<>(5, 150)(rng)));
     kill_daemon();
     stop_pushing = true;
     for (std::thread& t : pushers) t.join();

@@ -46,7 +46,6 @@ constexpr int kFlips = 100;        // generations pushed while traffic runs
 constexpr uint64_t kWindow = 200;  // datagrams checked after each ack
 constexpr size_t kMaxDatagrams = 4'000'000;
 
-
 // Records which sequence numbers arrived on a UDP socket, on its own thread.
 class Receiver {
  public:

@@ -18,9 +18,9 @@
 #include "core/engine.h"
 #include "engine_harness.h"
 #include "kernel/map.h"
-#include "util/hex.h"
 #include "support/bpffs.h"
 #include "support/prog_run.h"
+#include "util/hex.h"
 
 namespace policyd::test {
 namespace {

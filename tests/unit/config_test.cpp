@@ -57,9 +57,10 @@ TEST(ConfigTest, ExampleConfigLoads) {
 }
 
 TEST(ConfigTest, NaturalAlignmentPadsLikeC) {
-  Result<DaemonConfig> cfg = parse_config(
-      replace(kMinimal, "      max_entries: 1024\n", "      max_entries: 1024\n      align: natural\n"),
-      "test.yaml");
+  Result<DaemonConfig> cfg =
+      parse_config(replace(kMinimal, "      max_entries: 1024\n",
+                           "      max_entries: 1024\n      align: natural\n"),
+                   "test.yaml");
   ASSERT_TRUE(cfg.ok()) << cfg.error().message();
   EXPECT_EQ(cfg->engine.maps[0].inner.value_size, 16u);  // u32, 4 bytes padding, u64
   EXPECT_EQ(cfg->engine.maps[0].inner.counters[0].offset, 8u);
@@ -72,7 +73,8 @@ TEST(ConfigTest, UnknownFieldTypeNamesLineColumnAndPath) {
 }
 
 TEST(ConfigTest, UnknownKeyIsRefusedNotIgnored) {
-  const std::string msg = error_of(replace(kMinimal, "    slots: 64\n", "    slots: 64\n    slot: 3\n"));
+  const std::string msg =
+      error_of(replace(kMinimal, "    slots: 64\n", "    slots: 64\n    slot: 3\n"));
   EXPECT_NE(msg.find("maps[0].slot: unknown key"), std::string::npos) << msg;
   EXPECT_NE(msg.find("test.yaml:6:"), std::string::npos) << msg;
 }
@@ -89,36 +91,58 @@ TEST(ConfigTest, MapNameTooLong) {
 }
 
 TEST(ConfigTest, LpmKeyMustStartWithAPrefix) {
-  const std::string msg = error_of(replace(kMinimal, "{name: prefix, type: ipv4_prefix}", "{name: port, type: u32}"));
+  const std::string msg =
+      error_of(replace(kMinimal, "{name: prefix, type: ipv4_prefix}", "{name: port, type: u32}"));
   EXPECT_NE(msg.find("maps[0].inner.key"), std::string::npos) << msg;
   EXPECT_NE(msg.find("lpm_trie key must start"), std::string::npos) << msg;
 }
 
 TEST(ConfigTest, CounterMustBeAnInteger) {
-  const std::string msg = error_of(replace(kMinimal, "{name: action, type: u32}", "{name: action, type: ipv4, counter: true}"));
+  const std::string msg = error_of(
+      replace(kMinimal, "{name: action, type: u32}", "{name: action, type: ipv4, counter: true}"));
   EXPECT_NE(msg.find("maps[0].inner.value[0].counter"), std::string::npos) << msg;
 }
 
 TEST(ConfigTest, BadValues) {
-  EXPECT_NE(error_of(replace(kMinimal, "slots: 64", "slots: -1")).find("maps[0].slots"), std::string::npos);
-  EXPECT_NE(error_of(replace(kMinimal, "slots: 64", "slots: 0")).find("at least 1"), std::string::npos);
-  EXPECT_NE(error_of(replace(kMinimal, "type: lpm_trie", "type: ringbuf")).find("unknown inner map type"), std::string::npos);
-  EXPECT_NE(error_of(replace(kMinimal, "type: array_of_maps", "type: array")).find("unknown outer type"), std::string::npos);
+  EXPECT_NE(error_of(replace(kMinimal, "slots: 64", "slots: -1")).find("maps[0].slots"),
+            std::string::npos);
+  EXPECT_NE(error_of(replace(kMinimal, "slots: 64", "slots: 0")).find("at least 1"),
+            std::string::npos);
+  EXPECT_NE(
+      error_of(replace(kMinimal, "type: lpm_trie", "type: ringbuf")).find("unknown inner map type"),
+      std::string::npos);
+  EXPECT_NE(
+      error_of(replace(kMinimal, "type: array_of_maps", "type: array")).find("unknown outer type"),
+      std::string::npos);
   EXPECT_NE(error_of(std::string(kMinimal) + "barrier: fast\n").find("barrier"), std::string::npos);
-  EXPECT_NE(error_of(std::string(kMinimal) + "api: {socket: relative.sock}\n").find("absolute path"), std::string::npos);
-  EXPECT_NE(error_of(std::string(kMinimal) + "api: {socket_mode: \"999\"}\n").find("octal"), std::string::npos);
-  EXPECT_NE(error_of(std::string(kMinimal) + "api: {allow: {write: {uids: [no-such-user-pd]}}}\n").find("api.allow.write.uids[0]: no user named \"no-such-user-pd\""), std::string::npos);
-  EXPECT_NE(error_of(std::string(kMinimal) + "api: {allow: {read: {gids: [1, no-such-group-pd]}}}\n").find("api.allow.read.gids[1]: no group named"), std::string::npos);
-  EXPECT_NE(error_of(std::string(kMinimal) + "api: {allow: {read: {gids: [[1]]}}}\n").find("api.allow.read.gids[0]"), std::string::npos);
-  EXPECT_NE(error_of(std::string(kMinimal) + "api: {tls: {listen: \"0.0.0.0:1\"}}\n").find("api.tls.cert: is required"), std::string::npos);
-  EXPECT_NE(error_of(std::string(kMinimal) + "log_level: loud\n").find("log_level"), std::string::npos);
+  EXPECT_NE(
+      error_of(std::string(kMinimal) + "api: {socket: relative.sock}\n").find("absolute path"),
+      std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "api: {socket_mode: \"999\"}\n").find("octal"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "api: {allow: {write: {uids: [no-such-user-pd]}}}\n")
+                .find("api.allow.write.uids[0]: no user named \"no-such-user-pd\""),
+            std::string::npos);
+  EXPECT_NE(
+      error_of(std::string(kMinimal) + "api: {allow: {read: {gids: [1, no-such-group-pd]}}}\n")
+          .find("api.allow.read.gids[1]: no group named"),
+      std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "api: {allow: {read: {gids: [[1]]}}}\n")
+                .find("api.allow.read.gids[0]"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "api: {tls: {listen: \"0.0.0.0:1\"}}\n")
+                .find("api.tls.cert: is required"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "log_level: loud\n").find("log_level"),
+            std::string::npos);
 }
 
 // Allow-lists take names too (resolved at start and reload), e.g. deploy/systemd's policyd group.
 TEST(ConfigTest, AllowListsResolveUserAndGroupNames) {
-  auto cfg = parse_config(std::string(kMinimal) +
-                              "api: {allow: {write: {uids: [root, 1234]}, read: {gids: [root, 7]}}}\n",
-                          "t.yaml");
+  auto cfg =
+      parse_config(std::string(kMinimal) +
+                       "api: {allow: {write: {uids: [root, 1234]}, read: {gids: [root, 7]}}}\n",
+                   "t.yaml");
   ASSERT_TRUE(cfg.ok()) << cfg.error().message();
   EXPECT_EQ(cfg->api.write.uids, (std::set<uid_t>{0, 1234}));
   EXPECT_EQ(cfg->api.read.gids, (std::set<gid_t>{0, 7}));
@@ -130,7 +154,8 @@ TEST(ConfigTest, HashOuterMapNeedsSlotKey) {
 }
 
 TEST(ConfigTest, DuplicateMapName) {
-  std::string twice = std::string(kMinimal) + std::string(kMinimal).substr(std::string(kMinimal).find("  - name"));
+  std::string twice =
+      std::string(kMinimal) + std::string(kMinimal).substr(std::string(kMinimal).find("  - name"));
   const std::string msg = error_of(twice);
   EXPECT_NE(msg.find("declared twice"), std::string::npos) << msg;
 }

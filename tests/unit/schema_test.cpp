@@ -38,14 +38,35 @@ TEST(SchemaTest, PackedAndNaturalLayouts) {
 }
 
 TEST(SchemaTest, EncodesEveryType) {
-  Layout l = layout({{"u8", "u8"},      {"u16", "u16"},   {"u64", "u64"},   {"p", "be16"},
-                     {"n", "be32"},     {"ip", "ipv4"},   {"ip6", "ipv6"},  {"mac", "mac"},
-                     {"raw", "bytes[2]"}, {"", "pad[1]"}});
-  EXPECT_EQ(hex_of(l, {{"u8", "255"}, {"u16", "0x1234"}, {"u64", "1"}, {"p", "443"},
-                       {"n", "1"}, {"ip", "10.0.0.1"}, {"ip6", "::1"},
-                       {"mac", "aa:bb:cc:dd:ee:ff"}, {"raw", "beef"}}),
-            "ff" "3412" "0100000000000000" "01bb" "00000001" "0a000001"
-            "00000000000000000000000000000001" "aabbccddeeff" "beef" "00");
+  Layout l = layout({{"u8", "u8"},
+                     {"u16", "u16"},
+                     {"u64", "u64"},
+                     {"p", "be16"},
+                     {"n", "be32"},
+                     {"ip", "ipv4"},
+                     {"ip6", "ipv6"},
+                     {"mac", "mac"},
+                     {"raw", "bytes[2]"},
+                     {"", "pad[1]"}});
+  EXPECT_EQ(hex_of(l, {{"u8", "255"},
+                       {"u16", "0x1234"},
+                       {"u64", "1"},
+                       {"p", "443"},
+                       {"n", "1"},
+                       {"ip", "10.0.0.1"},
+                       {"ip6", "::1"},
+                       {"mac", "aa:bb:cc:dd:ee:ff"},
+                       {"raw", "beef"}}),
+            "ff"
+            "3412"
+            "0100000000000000"
+            "01bb"
+            "00000001"
+            "0a000001"
+            "00000000000000000000000000000001"
+            "aabbccddeeff"
+            "beef"
+            "00");
 }
 
 TEST(SchemaTest, PrefixesAreLpmKeys) {
@@ -80,11 +101,20 @@ TEST(SchemaTest, RefusalsNameTheField) {
 }
 
 TEST(SchemaTest, LayoutRefusals) {
-  EXPECT_NE(make_layout({{"a", "ipv5"}}, Align::kPacked).error().message().find("[0].type: unknown type \"ipv5\""),
+  EXPECT_NE(make_layout({{"a", "ipv5"}}, Align::kPacked)
+                .error()
+                .message()
+                .find("[0].type: unknown type \"ipv5\""),
             std::string::npos);
-  EXPECT_NE(make_layout({{"a", "u8"}, {"a", "u8"}}, Align::kPacked).error().message().find("duplicate field"),
+  EXPECT_NE(make_layout({{"a", "u8"}, {"a", "u8"}}, Align::kPacked)
+                .error()
+                .message()
+                .find("duplicate field"),
             std::string::npos);
-  EXPECT_NE(make_layout({{"a", "ipv4", true}}, Align::kPacked).error().message().find("counters must be u32 or u64"),
+  EXPECT_NE(make_layout({{"a", "ipv4", true}}, Align::kPacked)
+                .error()
+                .message()
+                .find("counters must be u32 or u64"),
             std::string::npos);
 }
 

@@ -29,7 +29,8 @@ class StateStoreTest : public ::testing::Test {
   }
 
   static std::vector<Entry> entries(uint8_t tag) {
-    return {Entry{{1, 2, 3, 4}, {tag, 0, 0, 0, 0, 0, 0, 0}}, Entry{{5, 6, 7, 8}, {tag, 1, 0, 0, 0, 0, 0, 0}}};
+    return {Entry{{1, 2, 3, 4}, {tag, 0, 0, 0, 0, 0, 0, 0}},
+            Entry{{5, 6, 7, 8}, {tag, 1, 0, 0, 0, 0, 0, 0}}};
   }
 
   // A state whose current generation holds `digest` in acl slot 0.
@@ -187,7 +188,7 @@ TEST_F(StateStoreTest, AFileFoundOnDiskIsHeldForThePushThatFoundIt) {
   ASSERT_TRUE(a.ok());
   StoredState first = state_with(1, *a);
   ASSERT_TRUE(store->write(first).ok());
-  store->release({*a});  // the push that wrote it was acked
+  store->release({*a});                                // the push that wrote it was acked
   auto again = store->put_contents(entries(1), 4, 8);  // a new push, same contents
   ASSERT_TRUE(again.ok());
   // Another commit's record still names a: collecting with it must not end the hold.

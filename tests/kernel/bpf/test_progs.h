@@ -16,15 +16,15 @@
 
 /* The value of every test inner map. */
 struct pd_test_value {
-	__u32 action; /* copied to last_action by the programs */
-	__u32 pad;    /* keeps hits 8-byte aligned on every ABI */
-	__u64 hits;   /* incremented atomically by the programs */
+  __u32 action; /* copied to last_action by the programs */
+  __u32 pad;    /* keeps hits 8-byte aligned on every ABI */
+  __u64 hits;   /* incremented atomically by the programs */
 };
 
 /* An IPv4 LPM trie key: the kernel's struct bpf_lpm_trie_key layout with 4 data bytes. */
 struct pd_lpm4_key {
-	__u32 prefixlen;
-	__u8 addr[4]; /* network byte order */
+  __u32 prefixlen;
+  __u8 addr[4]; /* network byte order */
 };
 
 #ifdef __cplusplus
