@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine to build policyd, then tests it or runs it.
 #
-#   deploy/setup.sh test          install, build (warnings as errors), run every ctest suite
+#   deploy/setup.sh test          install, check formatting, build (warnings as errors), run every
+#                                 ctest suite (the layer rules are a unit test)
 #   deploy/setup.sh run [CONFIG]  install, build, exec the daemon (default config/policyd.yaml)
 #
 # Idempotent: packages are installed only when missing, the build tree is reused, and bpffs
@@ -20,7 +21,7 @@ readonly PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
   libspdlog-dev libfmt-dev libyaml-cpp-dev libboost-dev libsystemd-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  iproute2 openssl
+  iproute2 openssl clang-format
   systemd dpkg-dev file
 )
 
@@ -79,6 +80,8 @@ configure_and_build() {
 }
 
 cmd_test() {
+  # Formatting first: it takes a second and fails with every differing file:line.
+  bash "${REPO_ROOT}/tests/style/check_format.sh"
   configure_and_build -DPOLICYD_WERROR=ON
   mount_bpffs
   # CI must run the privileged suites, never skip them.
