@@ -31,15 +31,19 @@
 
 #include "ctl/json.h"
 #include "ctl/policy_file.h"
-#include "ctl/schema.h"
-#include "ctl/status_name.h"
 #include "policyd/v1/policyd.grpc.pb.h"
+#include "schema/schema.h"
+#include "schema/status_name.h"
 #include "util/hex.h"
 
 namespace policyd::ctl {
 namespace {
 
 namespace pb = policyd::v1;
+using schema::Bytes;
+using schema::Field;
+using schema::FieldType;
+using schema::Layout;
 
 constexpr int kExitOk = 0;
 constexpr int kExitServer = 1;
@@ -218,7 +222,7 @@ Failure usage_error(const std::string& message) {
   return {kExitUsage, message + " (see policyctl --help)"};
 }
 
-const char* code_name(grpc::StatusCode code) { return ctl::status_code_name(code); }
+const char* code_name(grpc::StatusCode code) { return schema::status_code_name(code); }
 
 Failure rpc_failure(const grpc::Status& status) {
   return {kExitServer, std::string(code_name(status.error_code())) + ": " + status.error_message()};
@@ -718,7 +722,7 @@ std::optional<pb::SlotRef> parse_slot_arg(const pb::MapState& map, const Layout&
           usage_error("dump: " + map.name() + " has no slot_key schema; give the slot in hex");
       return std::nullopt;
     }
-    key = encode(slot_key, values, /*require_all=*/true);
+    key = schema::encode(slot_key, values, /*require_all=*/true);
   } else {
     key = util::from_hex(text);
     if (key.ok() && key->size() != map.slot_key_size()) {
@@ -740,7 +744,7 @@ std::vector<std::pair<std::string, std::string>> decoded_fields(const Layout& la
   std::vector<std::pair<std::string, std::string>> out;
   const Bytes bytes(raw.begin(), raw.end());
   if (layout.fields.empty() || bytes.size() != layout.size) return out;
-  const std::map<std::string, std::string> values = decode(layout, bytes);
+  const std::map<std::string, std::string> values = schema::decode(layout, bytes);
   for (const Field& f : layout.fields) {
     if (auto it = values.find(f.name); f.type != FieldType::kPad && it != values.end()) {
       out.emplace_back(f.name, it->second);
