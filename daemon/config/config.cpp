@@ -14,7 +14,6 @@
 #include <sstream>
 
 #include "core/validate.h"
-#include "kernel/map.h"
 #include "util/hex.h"
 
 namespace policyd::config {
@@ -276,7 +275,7 @@ Status read_map(const Reader& r, const YAML::Node& node, const std::string& path
   if (cfg.schemas.count(m.name)) {
     return r.error(node["name"], path + ".name", "map \"" + m.name + "\" is declared twice");
   }
-  if (Status st = kernel::check_map_name(m.name); !st.ok()) {
+  if (Status st = core::check_map_name(m.name); !st.ok()) {
     return r.error(node["name"], path + ".name", st.error().context);
   }
   std::string type = "array_of_maps";
