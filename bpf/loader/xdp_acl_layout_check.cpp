@@ -17,10 +17,11 @@ using policyd::config::DaemonConfig;
 using policyd::xdp::FieldView;
 using policyd::xdp::MapView;
 
-std::vector<FieldView> field_views(const policyd::ctl::Layout& layout) {
+std::vector<FieldView> field_views(const policyd::schema::Layout& layout) {
   std::vector<FieldView> out;
-  for (const policyd::ctl::Field& f : layout.fields) {
-    out.push_back({f.name, f.offset, f.size, f.counter, f.type == policyd::ctl::FieldType::kPad});
+  for (const policyd::schema::Field& f : layout.fields) {
+    out.push_back(
+        {f.name, f.offset, f.size, f.counter, f.type == policyd::schema::FieldType::kPad});
   }
   return out;
 }

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <utility>
 
-#include "ctl/schema.h"
+#include "schema/schema.h"
 
 namespace policyd::api {
 namespace {
@@ -44,7 +44,7 @@ Result<core::Bytes> to_key(const v1::Entry& e, const config::MapSchema* schema, 
   if (raw) return to_bytes(e.key());
   if (!e.has_key_fields()) return fail("key", invalid_argument("missing (give key or key_fields)"));
   if (!schema) return fail("key_fields", invalid_argument("the map has no key schema; give key"));
-  Result<core::Bytes> key = ctl::encode(schema->key, to_std_map(e.key_fields()), true);
+  Result<core::Bytes> key = schema::encode(schema->key, to_std_map(e.key_fields()), true);
   if (!key.ok()) return fail("key_fields", std::move(key).error());
   return key;
 }
@@ -62,7 +62,7 @@ Result<core::Bytes> to_value(const v1::Entry& e, const core::OuterMapConfig& map
   if (!schema) {
     return fail("value_fields", invalid_argument("the map has no value schema; give value"));
   }
-  Result<core::Bytes> value = ctl::encode(schema->value, to_std_map(e.value_fields()), false);
+  Result<core::Bytes> value = schema::encode(schema->value, to_std_map(e.value_fields()), false);
   if (!value.ok()) return fail("value_fields", std::move(value).error());
   return value;
 }
@@ -95,7 +95,7 @@ Result<core::Bytes> to_slot(const v1::SlotRef& ref, const core::OuterMapConfig& 
         return invalid_argument(path + ".fields: map \"" + map.name +
                                 "\" has no slot_key schema; give key");
       }
-      Result<core::Bytes> key = ctl::encode(*schema->slot_key, to_std_map(ref.fields()), true);
+      Result<core::Bytes> key = schema::encode(*schema->slot_key, to_std_map(ref.fields()), true);
       if (!key.ok()) {
         return field_error(path + ".fields", " (map \"" + map.name + "\")", std::move(key).error());
       }
@@ -258,9 +258,9 @@ std::string inner_type_name(bpf_map_type type) {
   }
 }
 
-void to_field_layouts(const ctl::Layout& layout,
+void to_field_layouts(const schema::Layout& layout,
                       google::protobuf::RepeatedPtrField<v1::FieldLayout>* out) {
-  for (const ctl::Field& f : layout.fields) {
+  for (const schema::Field& f : layout.fields) {
     v1::FieldLayout* l = out->Add();
     l->set_name(f.name);
     l->set_type(f.type_name());
@@ -336,13 +336,13 @@ void to_dump(const core::DrainRecord& record, const core::OuterMapConfig& map,
     }
     if (!schema) continue;
     if (e.key.size() == schema->key.size) {
-      for (auto& [name, text] : ctl::decode(schema->key, e.key)) {
+      for (auto& [name, text] : schema::decode(schema->key, e.key)) {
         (*d->mutable_key_fields()->mutable_values())[name] = std::move(text);
       }
     }
     if (e.values.empty() || e.values.front().size() != schema->value.size) continue;
     auto& fields = *d->mutable_value_fields()->mutable_values();
-    for (auto& [name, text] : ctl::decode(schema->value, e.values.front()))
+    for (auto& [name, text] : schema::decode(schema->value, e.values.front()))
       fields[name] = std::move(text);
     if (per_cpu) {
       // A counter's meaning is its sum over CPUs; CPU 0's share alone would mislead.

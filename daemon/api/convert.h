@@ -70,7 +70,7 @@ void to_proto(const core::PushResult& result, v1::PushGenerationResponse* out);
 // Inner map type name as the configuration spells it ("lpm_trie").
 [[nodiscard]] std::string inner_type_name(bpf_map_type type);
 
-void to_field_layouts(const ctl::Layout& layout,
+void to_field_layouts(const schema::Layout& layout,
                       google::protobuf::RepeatedPtrField<v1::FieldLayout>* out);
 
 // One outer map: configuration, typed layouts (when `schema` is known), pin path, live slots.

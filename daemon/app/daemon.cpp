@@ -45,11 +45,11 @@ Result<std::string> read_file(const std::string& path) {
 // the kernel or the schema does.
 std::string map_change(const core::OuterMapConfig& a, const config::MapSchema& sa,
                        const core::OuterMapConfig& b, const config::MapSchema& sb) {
-  auto layout_eq = [](const ctl::Layout& x, const ctl::Layout& y) {
+  auto layout_eq = [](const schema::Layout& x, const schema::Layout& y) {
     if (x.size != y.size || x.fields.size() != y.fields.size()) return false;
     for (size_t i = 0; i < x.fields.size(); ++i) {
-      const ctl::Field& f = x.fields[i];
-      const ctl::Field& g = y.fields[i];
+      const schema::Field& f = x.fields[i];
+      const schema::Field& g = y.fields[i];
       if (f.name != g.name || f.type != g.type || f.offset != g.offset || f.counter != g.counter) {
         return false;
       }

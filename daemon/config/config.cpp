@@ -14,7 +14,6 @@
 #include <sstream>
 
 #include "core/validate.h"
-#include "kernel/map.h"
 #include "util/hex.h"
 
 namespace policyd::config {
@@ -208,17 +207,17 @@ Status read_api(const Reader& r, const YAML::Node& node, ApiConfig& api) {
   return {};
 }
 
-Result<std::vector<ctl::FieldSpec>> read_fields(const Reader& r, const YAML::Node& node,
-                                                const std::string& path) {
+Result<std::vector<schema::FieldSpec>> read_fields(const Reader& r, const YAML::Node& node,
+                                                   const std::string& path) {
   if (!node.IsDefined()) return r.error(node, path, "is required");
   if (!node.IsSequence() || node.size() == 0)
     return r.error(node, path, "must be a list of fields");
-  std::vector<ctl::FieldSpec> specs;
+  std::vector<schema::FieldSpec> specs;
   for (size_t i = 0; i < node.size(); ++i) {
     const std::string p = Reader::index(path, i);
     const YAML::Node f = node[i];
     POLICYD_TRY(r.only_keys(f, p, {"name", "type", "counter"}));
-    ctl::FieldSpec spec;
+    schema::FieldSpec spec;
     if (f["name"]) {
       POLICYD_ASSIGN_OR_RETURN(spec.name, r.str(f["name"], p + ".name"));
     }
@@ -233,10 +232,10 @@ Result<std::vector<ctl::FieldSpec>> read_fields(const Reader& r, const YAML::Nod
 }
 
 // Builds a layout; a problem is reported at the field it concerns.
-Result<ctl::Layout> read_layout(const Reader& r, const YAML::Node& node, const std::string& path,
-                                ctl::Align align) {
-  POLICYD_ASSIGN_OR_RETURN(std::vector<ctl::FieldSpec> specs, read_fields(r, node, path));
-  Result<ctl::Layout> layout = ctl::make_layout(specs, align);
+Result<schema::Layout> read_layout(const Reader& r, const YAML::Node& node, const std::string& path,
+                                   schema::Align align) {
+  POLICYD_ASSIGN_OR_RETURN(std::vector<schema::FieldSpec> specs, read_fields(r, node, path));
+  Result<schema::Layout> layout = schema::make_layout(specs, align);
   if (layout.ok()) return layout;
   // make_layout's context starts with "[i]...": point at that field.
   const std::string& ctx = layout.error().context;
@@ -276,7 +275,7 @@ Status read_map(const Reader& r, const YAML::Node& node, const std::string& path
   if (cfg.schemas.count(m.name)) {
     return r.error(node["name"], path + ".name", "map \"" + m.name + "\" is declared twice");
   }
-  if (Status st = kernel::check_map_name(m.name); !st.ok()) {
+  if (Status st = core::check_map_name(m.name); !st.ok()) {
     return r.error(node["name"], path + ".name", st.error().context);
   }
   std::string type = "array_of_maps";
@@ -296,8 +295,8 @@ Status read_map(const Reader& r, const YAML::Node& node, const std::string& path
   m.slots = static_cast<uint32_t>(slots);
   if (m.kind == core::OuterKind::kHash) {
     POLICYD_ASSIGN_OR_RETURN(
-        ctl::Layout slot_key,
-        read_layout(r, node["slot_key"], path + ".slot_key", ctl::Align::kPacked));
+        schema::Layout slot_key,
+        read_layout(r, node["slot_key"], path + ".slot_key", schema::Align::kPacked));
     m.slot_key_size = slot_key.size;
     schema.slot_key = std::move(slot_key);
   } else if (node["slot_key"]) {
@@ -332,29 +331,30 @@ Status read_map(const Reader& r, const YAML::Node& node, const std::string& path
                            r.uint(inner["max_entries"], ip + ".max_entries", UINT32_MAX));
   m.inner.max_entries = static_cast<uint32_t>(max_entries);
   POLICYD_ASSIGN_OR_RETURN(m.inner.flags, read_flags(r, inner["flags"], ip + ".flags"));
-  ctl::Align align = ctl::Align::kPacked;
+  schema::Align align = schema::Align::kPacked;
   if (inner["align"]) {
     POLICYD_ASSIGN_OR_RETURN(std::string a, r.str(inner["align"], ip + ".align"));
     if (a == "natural")
-      align = ctl::Align::kNatural;
+      align = schema::Align::kNatural;
     else if (a != "packed")
       return r.error(inner["align"], ip + ".align", "\"" + a + "\" is not packed or natural");
   }
   POLICYD_ASSIGN_OR_RETURN(schema.key, read_layout(r, inner["key"], ip + ".key", align));
   POLICYD_ASSIGN_OR_RETURN(schema.value, read_layout(r, inner["value"], ip + ".value", align));
-  for (const ctl::Field& f : schema.key.fields) {
+  for (const schema::Field& f : schema.key.fields) {
     if (f.counter)
       return r.error(inner["key"], ip + ".key", "key field \"" + f.name + "\" cannot be a counter");
   }
   if (m.inner.type == BPF_MAP_TYPE_LPM_TRIE &&
-      (schema.key.fields.empty() || (schema.key.fields[0].type != ctl::FieldType::kIpv4Prefix &&
-                                     schema.key.fields[0].type != ctl::FieldType::kIpv6Prefix))) {
+      (schema.key.fields.empty() ||
+       (schema.key.fields[0].type != schema::FieldType::kIpv4Prefix &&
+        schema.key.fields[0].type != schema::FieldType::kIpv6Prefix))) {
     return r.error(inner["key"], ip + ".key",
                    "an lpm_trie key must start with an ipv4_prefix or ipv6_prefix field");
   }
   m.inner.key_size = schema.key.size;
   m.inner.value_size = schema.value.size;
-  for (const ctl::Field& f : schema.value.fields) {
+  for (const schema::Field& f : schema.value.fields) {
     if (f.counter) m.inner.counters.push_back({f.name, f.offset, f.size});
   }
   if (Status st = core::validate_map_config(m); !st.ok()) {

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "core/model.h"
-#include "ctl/schema.h"
+#include "schema/schema.h"
 #include "util/result.h"
 
 namespace policyd::config {
@@ -52,9 +52,9 @@ struct Limits {
 
 // Typed layouts of one outer map: what GetState reports and what typed fields encode with.
 struct MapSchema {
-  ctl::Layout key;
-  ctl::Layout value;
-  std::optional<ctl::Layout> slot_key;  // hash_of_maps only
+  schema::Layout key;
+  schema::Layout value;
+  std::optional<schema::Layout> slot_key;  // hash_of_maps only
 };
 
 struct DaemonConfig {

@@ -189,6 +189,8 @@ Status validate_generation(const Generation& gen, const MapConfigs& maps) {
   return {};
 }
 
+Status check_map_name(const std::string& name) { return kernel::check_map_name(name); }
+
 Status validate_map_config(const OuterMapConfig& map) {
   const std::string at = "map \"" + map.name + "\"";
   // Group members are pinned as <name>_a / <name>_b, which must also fit 15 characters.

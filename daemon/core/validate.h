@@ -20,4 +20,8 @@ inline constexpr uint32_t kMaxSlotKeySize = 64;
 // Checks one outer-map configuration (names, sizes, template rules the kernel enforces).
 [[nodiscard]] Status validate_map_config(const OuterMapConfig& map);
 
+// A map name the kernel accepts: 1 to 15 of [A-Za-z0-9_.]. The config checks a name where it
+// is written (for file:line:column) through this, so no layer above core needs kernel/.
+[[nodiscard]] Status check_map_name(const std::string& name);
+
 }  // namespace policyd::core

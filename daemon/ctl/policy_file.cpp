@@ -15,6 +15,15 @@
 #include "util/hex.h"
 
 namespace policyd::ctl {
+
+// The codec's vocabulary, used throughout this file.
+using schema::Align;
+using schema::Bytes;
+using schema::Field;
+using schema::FieldSpec;
+using schema::FieldType;
+using schema::Layout;
+
 namespace {
 
 std::string join(const std::string& path, const std::string& name) {
@@ -397,7 +406,7 @@ Result<Bytes> PolicyParser::encode_typed(const MapSchema& map, const Layout& lay
     const Field* field = layout.find(item.key);
     const std::string field_path = join(path, item.key);
     POLICYD_ASSIGN_OR_RETURN(const std::string text, scalar(item.value, field_path));
-    Status st = encode_field(*field, text, out);
+    Status st = schema::encode_field(*field, text, out);
     if (!st.ok()) {
       // encode_field prefixes the field name; the path already ends with it.
       std::string msg = st.error().context;
@@ -466,7 +475,8 @@ Result<Layout> layout_from_state(const google::protobuf::RepeatedPtrField<v1::Fi
     const v1::FieldLayout& f = fields[i];
     const std::string at = "[" + std::to_string(i) + "]";
     // make_layout knows the type names and sizes; offsets come from the daemon.
-    Result<Layout> one = make_layout({FieldSpec{f.name(), f.type(), f.counter()}}, Align::kPacked);
+    Result<Layout> one =
+        schema::make_layout({FieldSpec{f.name(), f.type(), f.counter()}}, Align::kPacked);
     if (!one.ok()) {
       std::string msg = one.error().context;
       if (msg.compare(0, 3, "[0]") == 0) msg.erase(0, 3);

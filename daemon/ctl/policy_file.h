@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "ctl/schema.h"
 #include "policyd/v1/policyd.pb.h"
+#include "schema/schema.h"
 #include "util/result.h"
 
 namespace policyd::ctl {
@@ -34,7 +34,7 @@ namespace policyd::ctl {
 
 // Rebuilds a layout from what GetState reports (`size` is the map's key, value or slot key
 // size). An empty field list gives a layout with no fields: raw bytes only.
-[[nodiscard]] Result<Layout> layout_from_state(
+[[nodiscard]] Result<schema::Layout> layout_from_state(
     const google::protobuf::RepeatedPtrField<v1::FieldLayout>& fields, uint32_t size);
 
 // Splits a push into PushGenerationStream messages of at most `max_bytes` serialized each (as

@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "ctl/status_name.h"
+#include "schema/status_name.h"
 
 namespace policyd::metrics {
 namespace {
@@ -87,7 +87,7 @@ struct PolicydMetrics::Impl final : prometheus::Collectable {
                           .Register(registry)
                           .Add({})) {
     for (grpc::StatusCode code : kPushErrorCodes) {
-      push_errors.Add({{"code", ctl::status_code_name(code)}});
+      push_errors.Add({{"code", schema::status_code_name(code)}});
     }
   }
 
@@ -159,7 +159,7 @@ void PolicydMetrics::on_drain_finished(const core::DrainFinishedEvent& e) {
 }
 
 void PolicydMetrics::on_push_failed(grpc::StatusCode code) {
-  impl_->push_errors.Add({{"code", ctl::status_code_name(code)}}).Increment();
+  impl_->push_errors.Add({{"code", schema::status_code_name(code)}}).Increment();
 }
 
 void PolicydMetrics::on_reload(bool ok) {

@@ -1,7 +1,7 @@
 // DaemonProcess (spawn, readiness, SIGTERM/SIGKILL), run_command (fork/exec with pipes), the
 // kernel's view through the pins, and the DaemonTest fixture. See daemon_fixture.h.
 #include "daemon_fixture.h"
-#include "ctl/status_name.h"
+#include "schema/status_name.h"
 
 #include <bpf/bpf.h>
 #include <fcntl.h>
@@ -558,7 +558,7 @@ void set_deadline(grpc::ClientContext& ctx, std::chrono::milliseconds timeout) {
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
 }
 
-const char* code_name(grpc::StatusCode code) { return ctl::status_code_name(code); }
+const char* code_name(grpc::StatusCode code) { return schema::status_code_name(code); }
 
 std::string describe(const grpc::Status& s) {
   return std::string(code_name(s.error_code())) + ": " + s.error_message();

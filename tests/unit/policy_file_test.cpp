@@ -11,13 +11,21 @@
 #include <string>
 #include <vector>
 
-#include "ctl/schema.h"
+#include "schema/schema.h"
 #include "util/hex.h"
 
 namespace policyd::ctl {
 namespace {
 
-// FieldLayouts as the daemon reports them: laid out by ctl::make_layout (packed).
+using schema::Align;
+using schema::Bytes;
+using schema::Field;
+using schema::FieldSpec;
+using schema::FieldType;
+using schema::Layout;
+using schema::make_layout;
+
+// FieldLayouts as the daemon reports them: laid out by schema::make_layout (packed).
 uint32_t add_layout(const std::vector<FieldSpec>& specs,
                     google::protobuf::RepeatedPtrField<v1::FieldLayout>* out) {
   Result<Layout> layout = make_layout(specs, Align::kPacked);

@@ -2,10 +2,10 @@
 // refusals, and bytes -> text back.
 #include <gtest/gtest.h>
 
-#include "ctl/schema.h"
+#include "schema/schema.h"
 #include "util/hex.h"
 
-namespace policyd::ctl {
+namespace policyd::schema {
 namespace {
 
 Layout layout(const std::vector<FieldSpec>& specs, Align align = Align::kPacked) {
@@ -128,4 +128,4 @@ TEST(SchemaTest, DecodeIsTheInverse) {
 }
 
 }  // namespace
-}  // namespace policyd::ctl
+}  // namespace policyd::schema

@@ -11,7 +11,7 @@
 
 #include "util/result.h"
 
-namespace policyd::ctl {
+namespace policyd::schema {
 
 using Bytes = std::vector<uint8_t>;
 
@@ -69,4 +69,4 @@ enum class Align { kPacked, kNatural };
 // Decodes every non-padding field to text. `bytes` must be layout.size long.
 [[nodiscard]] std::map<std::string, std::string> decode(const Layout& layout, const Bytes& bytes);
 
-}  // namespace policyd::ctl
+}  // namespace policyd::schema

@@ -1,5 +1,5 @@
 // Schema layout and text <-> bytes codec.
-#include "ctl/schema.h"
+#include "schema/schema.h"
 
 #include "util/hex.h"
 
@@ -11,7 +11,7 @@
 #include <cstring>
 #include <limits>
 
-namespace policyd::ctl {
+namespace policyd::schema {
 namespace {
 
 struct TypeInfo {
@@ -320,4 +320,4 @@ std::map<std::string, std::string> decode(const Layout& layout, const Bytes& b) 
   return out;
 }
 
-}  // namespace policyd::ctl
+}  // namespace policyd::schema

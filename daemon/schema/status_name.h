@@ -4,7 +4,7 @@
 
 #include <grpcpp/support/status_code_enum.h>
 
-namespace policyd::ctl {
+namespace policyd::schema {
 
 [[nodiscard]] inline const char* status_code_name(grpc::StatusCode code) {
   switch (code) {
@@ -47,4 +47,4 @@ namespace policyd::ctl {
   }
 }
 
-}  // namespace policyd::ctl
+}  // namespace policyd::schema
