@@ -263,8 +263,7 @@ Status Engine::remove_maps(const std::vector<std::string>& maps) {
 Status Engine::open_outer(Outer& outer, int bank, const std::string& kernel_name,
                           const std::string& path) {
   const OuterMapConfig& cfg = *outer.config;
-  const bpf_map_type type =
-      cfg.kind == OuterKind::kArray ? BPF_MAP_TYPE_ARRAY_OF_MAPS : BPF_MAP_TYPE_HASH_OF_MAPS;
+  const bpf_map_type type = outer_map_type(cfg.kind);
   Result<kernel::UniqueFd> pinned = kernel::open_pinned(path);
   if (pinned.ok()) {
     POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(pinned->get()));

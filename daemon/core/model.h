@@ -21,6 +21,8 @@ enum class DrainMode { kEntries, kNone };
 enum class BarrierMode { kAuto, kBatch, kConcurrent };
 enum class Strategy { kBatch, kConcurrent };
 
+// The kernel's outer map type and the config's name for it (kernel/map_types.h).
+[[nodiscard]] bpf_map_type outer_map_type(OuterKind kind);
 const char* to_string(OuterKind kind);
 const char* to_string(DrainMode mode);
 const char* to_string(BarrierMode mode);

@@ -10,6 +10,8 @@
 
 #include <unistd.h>
 
+#include "kernel/map_types.h"
+
 namespace policyd::kernel {
 namespace {
 
@@ -43,12 +45,18 @@ const char* map_type_name(bpf_map_type type) {
 }
 
 bool is_percpu(bpf_map_type type) {
-  return type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_PERCPU_ARRAY ||
-         type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+  const MapType* t = find_map_type(type);
+  return t && t->per_cpu;
 }
 
 bool is_map_in_map(bpf_map_type type) {
-  return type == BPF_MAP_TYPE_ARRAY_OF_MAPS || type == BPF_MAP_TYPE_HASH_OF_MAPS;
+  const MapType* t = find_map_type(type);
+  return t && t->role == MapRole::kOuter;
+}
+
+bool is_array(bpf_map_type type) {
+  const MapType* t = find_map_type(type);
+  return t && t->array && t->role == MapRole::kInner;
 }
 
 uint32_t possible_cpus() {

@@ -43,8 +43,11 @@ struct MapInfo {
 // Checks the kernel's rule for map names; the error names the offending character.
 [[nodiscard]] Status check_map_name(const std::string& name);
 [[nodiscard]] const char* map_type_name(bpf_map_type type);
+// Properties from the map type table (kernel/map_types.h); false for types outside it.
 [[nodiscard]] bool is_percpu(bpf_map_type type);
 [[nodiscard]] bool is_map_in_map(bpf_map_type type);
+// An array or per-CPU array inner map: u32 index keys below max_entries.
+[[nodiscard]] bool is_array(bpf_map_type type);
 // Number of possible CPUs (what per-CPU syscall buffers are sized by).
 [[nodiscard]] uint32_t possible_cpus();
 // Bytes of one element's value in a syscall buffer: per-CPU values are 8-byte aligned per CPU.
