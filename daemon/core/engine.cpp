@@ -12,6 +12,7 @@
 #include <set>
 
 #include "core/drain.h"
+#include "core/layout_check.h"
 #include "kernel/map.h"
 #include "util/hex.h"
 
@@ -86,23 +87,6 @@ Status make_dirs(const std::string& path) {
 
 std::string describe(const OuterMapConfig& map, const Bytes& slot) {
   return "map \"" + map.name + "\" slot " + slot_to_string(map.kind, slot);
-}
-
-// Why an adopted inner map cannot serve as this outer map's inner map, or "" if it can.
-std::string inner_mismatch(const kernel::MapInfo& info, const InnerTemplate& t) {
-  uint32_t flags = t.flags | (t.type == BPF_MAP_TYPE_LPM_TRIE ? BPF_F_NO_PREALLOC : 0);
-  if (info.type != t.type) {
-    return std::string("type ") + kernel::map_type_name(info.type) + ", config wants " +
-           kernel::map_type_name(t.type);
-  }
-  if (info.key_size != t.key_size) return "key size " + std::to_string(info.key_size);
-  if (info.value_size != t.value_size) return "value size " + std::to_string(info.value_size);
-  if (info.flags != flags) return "map flags " + std::to_string(info.flags);
-  bool array = t.type == BPF_MAP_TYPE_ARRAY || t.type == BPF_MAP_TYPE_PERCPU_ARRAY;
-  if (array && !(flags & BPF_F_INNER_MAP) && info.max_entries != t.max_entries) {
-    return "max_entries " + std::to_string(info.max_entries);
-  }
-  return "";
 }
 
 // Applies the writes marked `first` in one round, then (if they all succeeded) the others in a
@@ -267,18 +251,12 @@ Status Engine::open_outer(Outer& outer, int bank, const std::string& kernel_name
   Result<kernel::UniqueFd> pinned = kernel::open_pinned(path);
   if (pinned.ok()) {
     POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(pinned->get()));
-    std::string why;
-    if (info.type != type)
-      why = std::string("it is ") + kernel::map_type_name(info.type);
-    else if (info.key_size != cfg.slot_key_size)
-      why = "its key is " + std::to_string(info.key_size) + " bytes";
-    else if (info.max_entries != cfg.slots)
-      why = "it has " + std::to_string(info.max_entries) + " slots";
-    if (!why.empty()) {
+    const MapLayout pinned_layout{existing_outer_shape(info), std::nullopt};
+    const std::vector<LayoutDifference> diffs =
+        layout_differences(pinned_layout, expected_layout(cfg));
+    if (!diffs.empty()) {
       return failed_precondition("pinned map " + path + " does not match map \"" + cfg.name +
-                                 "\" (" + to_string(cfg.kind) + ", " + std::to_string(cfg.slots) +
-                                 " slots, key " + std::to_string(cfg.slot_key_size) +
-                                 " bytes): " + why +
+                                 "\" (pinned -> config): " + describe(diffs) +
                                  "; policyd never replaces a pinned map, remove it or fix the "
                                  "config");
     }
@@ -316,10 +294,13 @@ Status Engine::adopt_slots(Outer& outer, int bank) {
     Result<kernel::UniqueFd> fd = kernel::map_fd_by_id(id);
     if (!fd.ok()) return fd.error().wrap("adopt " + describe(cfg, slot));
     POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo inner_info, kernel::map_info(fd->get()));
-    std::string why = inner_mismatch(inner_info, cfg.inner);
-    if (!why.empty()) {
+    const MapLayout found_layout{std::nullopt, existing_inner_shape(inner_info)};
+    const std::vector<LayoutDifference> diffs =
+        layout_differences(found_layout, expected_layout(cfg));
+    if (!diffs.empty()) {
       return failed_precondition("adopt " + describe(cfg, slot) + ": the inner map there (id " +
-                                 std::to_string(id) + ") has " + why);
+                                 std::to_string(id) +
+                                 ") does not match (pinned -> config): " + describe(diffs));
     }
     auto inner = std::make_shared<InnerMap>();
     inner->fd = std::move(fd).value();

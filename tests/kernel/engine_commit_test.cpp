@@ -780,17 +780,17 @@ class EngineAdoptMismatchTest : public EngineTest {
 };
 
 TEST_F(EngineAdoptMismatchTest, RefusesDifferentSlotCount) {
-  expect_refused(array_outer("mm", 16), {"it has 8 slots"});
+  expect_refused(array_outer("mm", 16), {"slots 8 -> 16"});
 }
 
 TEST_F(EngineAdoptMismatchTest, RefusesDifferentOuterType) {
-  expect_refused(hash_outer("mm", 8), {"it is array_of_maps"});
+  expect_refused(hash_outer("mm", 8), {"type array_of_maps -> hash_of_maps"});
 }
 
 TEST_F(EngineAdoptMismatchTest, RefusesInnerMapOfWrongValueSize) {
   OuterMapConfig changed = array_outer("mm", 8);
   changed.inner = hash_inner(24);
-  expect_refused(changed, {"map \"mm\" slot 0", "value size 16"});
+  expect_refused(changed, {"map \"mm\" slot 0", "inner.value_size 16 -> 24"});
 }
 
 // --- Full hash outer maps: deletes and inserts in one round ---------------------------------
