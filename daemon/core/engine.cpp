@@ -694,25 +694,19 @@ Status Engine::recover_drain_pins(const std::set<uint32_t>& counted) {
       POLICYD_TRY(kernel::unpin(path));
       continue;
     }
-    // "<map>_<slot hex>_<installed_by>_<id>"; the map name may itself contain '_'.
-    const size_t p3 = name.rfind('_');
-    const size_t p2 =
-        p3 == std::string::npos || p3 == 0 ? std::string::npos : name.rfind('_', p3 - 1);
-    const size_t p1 =
-        p2 == std::string::npos || p2 == 0 ? std::string::npos : name.rfind('_', p2 - 1);
-    Result<Bytes> slot = p1 == std::string::npos ? Result<Bytes>(invalid_argument("bad name"))
-                                                 : util::from_hex(name.substr(p1 + 1, p2 - p1 - 1));
-    const std::string map = p1 == std::string::npos ? "" : name.substr(0, p1);
-    if (!slot.ok() || !configs_.count(map)) {
+    const std::optional<PinPaths::DrainPin> parsed = PinPaths::parse_drain_pin_name(name);
+    Result<Bytes> slot =
+        parsed ? util::from_hex(parsed->slot_hex) : Result<Bytes>(invalid_argument("bad name"));
+    if (!slot.ok() || !configs_.count(parsed->map)) {
       spdlog::warn("{}: not a drain pin of a configured map; left in place", path);
       continue;
     }
     auto inner = std::make_shared<InnerMap>();
     inner->fd = std::move(fd);
     inner->id = info.id;
-    inner->map = map;
+    inner->map = parsed->map;
     inner->slot = std::move(slot).value();
-    inner->installed_by = std::strtoull(name.substr(p2 + 1, p3 - p2 - 1).c_str(), nullptr, 10);
+    inner->installed_by = parsed->installed_by;
     inner->drain_pin = path;
     pending_.push_back({std::move(inner), 0});
     ++recovered;

@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "core/pin_paths.h"
 #include "daemon_fixture.h"
 #include "kernel/map.h"
 #include "support/prog_run.h"
@@ -70,11 +71,17 @@ class DurabilityTest : public DaemonTest {
     return const_cast<DurabilityTest*>(this)->daemon().state_dir();
   }
 
+  // Where the daemon pins a replaced inner map until its drain is durable.
+  std::string drain_pin(const std::string& map, const std::string& slot_hex, uint64_t installed_by,
+                        uint32_t id) {
+    return core::PinPaths(pin_dir()).drain_pin(map, slot_hex, installed_by, id);
+  }
+
   // Names under <pin_dir>/_drain.
   std::vector<std::string> drain_pins() {
     std::vector<std::string> names;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(pin_dir() + "/_drain", ec)) {
+    for (const auto& e : fs::directory_iterator(core::PinPaths(pin_dir()).drain_dir(), ec)) {
       names.push_back(e.path().filename());
     }
     return names;
@@ -242,8 +249,7 @@ TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
           .ok());
   auto info = kernel::map_info(inner->get());
   ASSERT_TRUE(info.ok());
-  const std::string pin_path =
-      pin_dir() + "/_drain/acl_" + hex(u32le(kSlot)) + "_1_" + std::to_string(info->id);
+  const std::string pin_path = drain_pin("acl", hex(u32le(kSlot)), 1, info->id);
   ASSERT_TRUE(kernel::pin(inner->get(), pin_path).ok());
   inner->reset();
 
@@ -257,9 +263,8 @@ TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
           .ok());
   auto ports_info = kernel::map_info(ports_inner->get());
   ASSERT_TRUE(ports_info.ok());
-  ASSERT_TRUE(kernel::pin(ports_inner->get(), pin_dir() + "/_drain/ports_" + hex(u32le(9)) + "_2_" +
-                                                  std::to_string(ports_info->id))
-                  .ok());
+  ASSERT_TRUE(
+      kernel::pin(ports_inner->get(), drain_pin("ports", hex(u32le(9)), 2, ports_info->id)).ok());
   ports_inner->reset();
 
   restart_daemon();
@@ -347,9 +352,8 @@ TEST_F(GroupDurabilityTest, AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBan
   ASSERT_TRUE(replaced.ok());
   // What the crash left: counts in the replaced map, no record of them, the drain pin.
   ASSERT_TRUE(kernel::update_elem(replaced->get(), u32le(1).data(), u64le(777).data()).ok());
-  ASSERT_TRUE(kernel::pin(replaced->get(), pin_dir() + "/_drain/g_acl_" + hex(u32le(0)) + "_1_" +
-                                               std::to_string((*ks)->map_id))
-                  .ok());
+  ASSERT_TRUE(
+      kernel::pin(replaced->get(), drain_pin("g_acl", hex(u32le(0)), 1, (*ks)->map_id)).ok());
 
   restart_daemon();
   ASSERT_FALSE(HasFatalFailure());
