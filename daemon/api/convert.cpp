@@ -1,7 +1,6 @@
 // proto <-> core conversion.
 #include "api/convert.h"
 
-#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -368,12 +367,6 @@ void to_counters(const CounterTable& table, const core::MapConfigs& maps,
       v->set_live(l == counters.live.end() ? 0 : l->second);
     }
   }
-}
-
-int64_t unix_ms_now() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 v1::Event to_event(const core::CommittedEvent& event, int64_t unix_ms) {

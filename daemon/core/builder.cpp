@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "kernel/map.h"
+#include "util/clock.h"
 
 namespace policyd::core {
 namespace {
@@ -137,8 +138,7 @@ Result<BuiltGeneration> build_generation(const Generation& gen, const MapConfigs
   pool.run_all(std::move(tasks));
   // On error the maps already built are closed with `built`; nothing reached the data plane.
   if (first_error) return *first_error;
-  built.build_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  built.build_ms = util::ms_since(t0);
   return built;
 }
 

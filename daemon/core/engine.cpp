@@ -3,7 +3,6 @@
 
 #include <dirent.h>
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -14,6 +13,8 @@
 #include "core/drain.h"
 #include "core/layout_check.h"
 #include "kernel/map.h"
+#include "util/clock.h"
+#include "util/fs.h"
 #include "util/hex.h"
 
 namespace policyd::core {
@@ -58,10 +59,6 @@ struct Engine::Plan {
 
 namespace {
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-
 InnerRef find_slot(const std::map<Bytes, InnerRef>& slots, const Bytes& slot) {
   auto it = slots.find(slot);
   return it == slots.end() ? nullptr : it->second;
@@ -72,17 +69,6 @@ void set_slot(std::map<Bytes, InnerRef>& slots, const Bytes& slot, InnerRef inne
     slots[slot] = std::move(inner);
   else
     slots.erase(slot);
-}
-
-Status make_dirs(const std::string& path) {
-  for (size_t pos = 1; pos <= path.size(); ++pos) {
-    if (pos != path.size() && path[pos] != '/') continue;
-    std::string prefix = path.substr(0, pos);
-    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      return sys_error(errno, "create directory " + prefix);
-    }
-  }
-  return {};
 }
 
 std::string describe(const OuterMapConfig& map, const Bytes& slot) {
@@ -166,8 +152,8 @@ Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
 }
 
 Status Engine::open_maps() {
-  POLICYD_TRY(make_dirs(pins_.dir()));
-  if (config_.drain_pins) POLICYD_TRY(make_dirs(pins_.drain_dir()));
+  POLICYD_TRY(util::make_dirs(pins_.dir()));
+  if (config_.drain_pins) POLICYD_TRY(util::make_dirs(pins_.drain_dir()));
   return add_maps(config_.maps);
 }
 
@@ -525,7 +511,7 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
         it != inserts.end() && r.outer->slots[r.bank].size() + it->second > r.outer->config->slots;
   }
   RoundResult round = apply_phased(*writer_, plan.writes, first);
-  report.write_ms = ms_since(t0);
+  report.write_ms = util::ms_since(t0);
   if (round.error) {
     stats_.failed_commits++;
     Status undone = undo(plan, round);
@@ -550,7 +536,7 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
     }
     auto t1 = std::chrono::steady_clock::now();
     Status barrier = writer_->barrier();
-    report.barrier_ms = ms_since(t1);
+    report.barrier_ms = util::ms_since(t1);
     if (!barrier.ok()) {
       // The flip is done and cannot be waited for: say so rather than ack.
       spdlog::error("{}: {}", what, barrier.error().message());
