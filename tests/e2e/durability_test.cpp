@@ -168,7 +168,7 @@ void unpin_everything(const std::string& dir) {
   }
 }
 
-TEST_F(DurabilityTest, RestartKeepsGenerationIdsHistoryAndRequestIds) {
+TEST_F(DurabilityTest, G8_G9_RestartKeepsGenerationIdsHistoryAndRequestIds) {
   v1::PushGenerationRequest a = acl_push(0, {{"10.0.0.0/8", 1}}, "a");
   a.set_request_id("req-a");
   const uint64_t ga = push_ok(a);
@@ -204,7 +204,7 @@ TEST_F(DurabilityTest, RestartKeepsGenerationIdsHistoryAndRequestIds) {
   EXPECT_TRUE(acl_entries(pin_dir(), 0).has_value());
 }
 
-TEST_F(DurabilityTest, RebootRecreatesTheRecordedGenerationBeforeReady) {
+TEST_F(DurabilityTest, G8_RebootRecreatesTheRecordedGenerationBeforeReady) {
   push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
   v1::PushGenerationRequest req = acl_push(3, {{"10.1.0.0/16", 4}, {"10.2.0.0/16", 5}}, "b");
   add_change(req, "ports", fields_slot({{"ifindex", "7"}}),
@@ -234,7 +234,7 @@ TEST_F(DurabilityTest, RebootRecreatesTheRecordedGenerationBeforeReady) {
   EXPECT_EQ(snapshot().at("acl").size(), 2u);
 }
 
-TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
+TEST_F(DurabilityTest, G5_G8_DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
   push_ok(acl_push(kSlot, {{"10.1.2.0/24", 7}}, "a"));
   stop_daemon_expect_clean();
 
@@ -280,7 +280,7 @@ TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
 
 // That the pins matter shows in the crash loop (with drain pins turned off it loses counts);
 // here: none is left once the drains are durable, and the totals survive a clean restart.
-TEST_F(DurabilityTest, NoDrainPinIsLeftAndDrainedTotalsSurviveARestart) {
+TEST_F(DurabilityTest, G5_G8_NoDrainPinIsLeftAndDrainedTotalsSurviveARestart) {
   SkelPtr skel = load_counter_program();
   ASSERT_NE(skel, nullptr);
   for (uint32_t i = 0; i < 5; ++i) {
@@ -332,7 +332,7 @@ class GroupDurabilityTest : public DurabilityTest {
   }
 };
 
-TEST_F(GroupDurabilityTest, AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBankHoldsIt) {
+TEST_F(GroupDurabilityTest, G7_G8_AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBankHoldsIt) {
   push_group(0);
   push_group(0);  // the first map now sits in the inactive bank only
   // One more commit elsewhere: its record no longer lists the first map among the drained
@@ -364,7 +364,7 @@ TEST_F(GroupDurabilityTest, AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBan
 
 // A state_dir records the maps of one pin_dir: pointing a config with another pin_dir at it
 // is refused, not applied to (or recorded over) the wrong maps.
-TEST_F(DurabilityTest, ARecordIsNeverAppliedToAnotherPinDir) {
+TEST_F(DurabilityTest, G8_ARecordIsNeverAppliedToAnotherPinDir) {
   push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
   stop_daemon_expect_clean();
   std::string yaml;
@@ -391,7 +391,7 @@ TEST_F(DurabilityTest, ARecordIsNeverAppliedToAnotherPinDir) {
   EXPECT_EQ(get_state().generation(), 1u);
 }
 
-TEST_F(DurabilityTest, CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover) {
+TEST_F(DurabilityTest, G8_CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover) {
   push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
   stop_daemon_expect_clean();
   const std::string path = state_file();
@@ -421,7 +421,7 @@ TEST_F(DurabilityTest, CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover
   EXPECT_EQ(get_state().generation(), 1u);
 }
 
-TEST_F(DurabilityTest, DamagedContentsFileAndFlippedByteAreReported) {
+TEST_F(DurabilityTest, G8_DamagedContentsFileAndFlippedByteAreReported) {
   push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
   stop_daemon_expect_clean();
   const std::string path = state_file();
@@ -531,7 +531,7 @@ TEST_F(DurabilityTest, ReloadRemovesUnlistedMapsWhenAskedAndResizesHistory) {
 // The crash loop (G8): SIGKILL at random moments while pushes stream in and the counter
 // program runs. Every push writes the same action (its sequence number) to three acl slots, so
 // a mix of generations within the map shows as different actions.
-TEST_F(DurabilityTest, SurvivesFiftySigkillsWithoutLosingAGenerationOrACount) {
+TEST_F(DurabilityTest, G5_G8_SurvivesFiftySigkillsWithoutLosingAGenerationOrACount) {
   constexpr int kKills = 50;
   constexpr uint32_t kSlots[] = {kSlot, kSlot + 1, kSlot + 2};
   const uint32_t seed = std::random_device{}();

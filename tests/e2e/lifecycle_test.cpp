@@ -71,11 +71,11 @@ class LifecycleTest : public DaemonTest {
   }
 };
 
-TEST_F(LifecycleTest, SigtermExitsZeroAndPinnedMapsStay) { stop_with(SIGTERM); }
+TEST_F(LifecycleTest, G8_SigtermExitsZeroAndPinnedMapsStay) { stop_with(SIGTERM); }
 
-TEST_F(LifecycleTest, SigintExitsZeroAndPinnedMapsStay) { stop_with(SIGINT); }
+TEST_F(LifecycleTest, G8_SigintExitsZeroAndPinnedMapsStay) { stop_with(SIGINT); }
 
-TEST_F(LifecycleTest, SigtermFinishesInFlightPushes) {
+TEST_F(LifecycleTest, G4_SigtermFinishesInFlightPushes) {
   // Eight clients push as fast as they can, each into its own slot with increasing actions;
   // SIGTERM arrives mid-stream. Every push acked OK must be in the kernel afterwards, and a
   // slot never holds anything but a value some push of its client sent.
@@ -140,7 +140,7 @@ TEST_F(LifecycleTest, SigtermFinishesInFlightPushes) {
   }
 }
 
-TEST_F(LifecycleTest, RestartReadoptsPinnedMapsWithoutTouchingTheDataPlane) {
+TEST_F(LifecycleTest, G8_RestartReadoptsPinnedMapsWithoutTouchingTheDataPlane) {
   push_some();
   const std::map<std::string, uint32_t> outers = outer_ids();
   const KernelSnapshot snap = snapshot();

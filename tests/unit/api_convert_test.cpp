@@ -142,7 +142,7 @@ TEST(ConvertPushTest, HashSlotsByKeyOrFields) {
   EXPECT_EQ(r->generation.changes[1].slot, bytes({4, 0, 0, 0}));
 }
 
-TEST(ConvertPushTest, UnknownMapNamesTheChange) {
+TEST(ConvertPushTest, G1_UnknownMapNamesTheChange) {
   auto cfg = test_config();
   v1::PushGenerationRequest req;
   add_change(req, "acl")->mutable_slot()->set_index(0);
@@ -153,7 +153,7 @@ TEST(ConvertPushTest, UnknownMapNamesTheChange) {
   EXPECT_EQ(to_grpc_status(e).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
-TEST(ConvertPushTest, BadValueFieldNamesEntryAndField) {
+TEST(ConvertPushTest, G1_BadValueFieldNamesEntryAndField) {
   auto cfg = test_config();
   v1::PushGenerationRequest req;
   v1::SlotChange* c = add_change(req, "acl");
@@ -171,7 +171,7 @@ TEST(ConvertPushTest, BadValueFieldNamesEntryAndField) {
             "range (max 255)");
 }
 
-TEST(ConvertPushTest, FieldErrors) {
+TEST(ConvertPushTest, G1_FieldErrors) {
   auto cfg = test_config();
   struct Case {
     const char* name;
@@ -227,7 +227,7 @@ TEST(ConvertPushTest, FieldErrors) {
   }
 }
 
-TEST(ConvertPushTest, SlotErrors) {
+TEST(ConvertPushTest, G1_SlotErrors) {
   auto cfg = test_config();
   struct Case {
     const char* map;
@@ -279,7 +279,7 @@ TEST(ConvertPushTest, SizesAndRangesAreLeftToCoreValidation) {
   EXPECT_TRUE(to_push_request(req, cfg).ok());
 }
 
-TEST(ConvertPushTest, EntryLimitIsResourceExhausted) {
+TEST(ConvertPushTest, G6_EntryLimitIsResourceExhausted) {
   auto cfg = test_config();  // max_entries_per_push: 6
   v1::PushGenerationRequest req;
   for (int slot = 0; slot < 2; ++slot) {
@@ -382,7 +382,7 @@ TEST(PushAssemblerTest, HeaderCannotChangeMidStream) {
       << st.error().message();
 }
 
-TEST(PushAssemblerTest, EntryLimitSpansMessages) {
+TEST(PushAssemblerTest, G6_EntryLimitSpansMessages) {
   auto cfg = test_config();
   PushAssembler a(cfg);
   for (int m = 0; m < 3; ++m) {
