@@ -188,14 +188,11 @@ TEST_F(ErrorsTest, G9_PolicyctlStaleExpectIsRefused) {
 TEST_F(ErrorsTest, G1_UnknownMapIsRefused) {
   v1::PushGenerationRequest req = with_valid_first();
   add_change(req, "nosuch", index_slot(0), {raw_entry(u32le(1), u32le(1))});
-  // DESIGN.md G1 says INVALID_ARGUMENT; the proto's header comment lists unknown maps under
-  // NOT_FOUND. Either names the map.
-  expect_refused("unknown map", req, {StatusCode::INVALID_ARGUMENT, StatusCode::NOT_FOUND},
-                 {"nosuch"});
+  // The proto's header: "an unknown map in a push is INVALID_ARGUMENT too"; the message names it.
+  expect_refused("unknown map", req, {StatusCode::INVALID_ARGUMENT}, {"nosuch"});
   v1::PushGenerationRequest empty_name = with_valid_first();
   add_change(empty_name, "", index_slot(0), {});
-  expect_refused("empty map name", empty_name,
-                 {StatusCode::INVALID_ARGUMENT, StatusCode::NOT_FOUND}, {"map"});
+  expect_refused("empty map name", empty_name, {StatusCode::INVALID_ARGUMENT}, {"map"});
 }
 
 TEST_F(ErrorsTest, G1_UnknownFieldIsRefused) {
