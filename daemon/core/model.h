@@ -17,7 +17,8 @@ using Bytes = std::vector<uint8_t>;
 
 enum class OuterKind { kArray, kHash };
 enum class DrainMode { kEntries, kNone };
-// How outer-map writes pay for the kernel's grace-period wait (DESIGN.md kernel table).
+// How outer-map writes pay for the kernel's grace-period wait (DESIGN.md, Barrier strategies
+// and kernel behaviour).
 enum class BarrierMode { kAuto, kBatch, kConcurrent };
 enum class Strategy { kBatch, kConcurrent };
 

@@ -258,8 +258,8 @@ TEST_F(LifecycleTest, ReloadRefusesIncompatibleChangesAndTheOldConfigKeepsRunnin
   ASSERT_TRUE(daemon().rewrite_config(DaemonOptions{}).ok());  // a clean file for teardown
 }
 
-// DESIGN.md (Interfaces, Reload): "new maps are created; removed maps are kept unless the config
-// says to remove them".
+// ReloadConfigResponse (proto/policyd/v1/policyd.proto): new maps are created; maps no longer
+// in the file are kept unless remove_unlisted_maps says to remove them.
 TEST_F(LifecycleTest, ReloadCreatesNewMapsAndKeepsUnlistedOnes) {
   push_some();
   std::unique_ptr<EventWatch> watch = synced_watch();

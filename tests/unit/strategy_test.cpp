@@ -1,5 +1,6 @@
-// The barrier-strategy table of DESIGN.md, row by row, with synthetic probe results: what
-// core::choose_strategy picks for each kind of kernel, and that an explicit mode always wins.
+// The barrier-strategy table of DESIGN.md (Barrier strategies and kernel behaviour), row by row,
+// with synthetic probe results: what core::choose_strategy picks for each kind of kernel, and that
+// an explicit mode always wins.
 #include <gtest/gtest.h>
 
 #include "core/engine.h"
