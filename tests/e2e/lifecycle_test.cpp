@@ -219,17 +219,22 @@ TEST_F(LifecycleTest, ReloadRefusesIncompatibleChangesAndTheOldConfigKeepsRunnin
   CmdResult r = ctl({"reload"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
 
-  // acl: 64 -> 32 slots is incompatible with the pinned map: the whole reload is refused.
+  // acl: 64 -> 32 slots and 256 -> 512 inner entries are incompatible with the pinned map: the
+  // whole reload is refused, naming both changes with their old and new values.
   DaemonOptions bad;
   const auto pos = bad.maps_yaml.find("slots: 64");
   ASSERT_NE(pos, std::string::npos);
   bad.maps_yaml.replace(pos, 9, "slots: 32");
+  const auto inner_pos = bad.maps_yaml.find("max_entries: 256");
+  ASSERT_NE(inner_pos, std::string::npos);
+  bad.maps_yaml.replace(inner_pos, 16, "max_entries: 512");
   ASSERT_TRUE(daemon().rewrite_config(bad).ok());
+  const std::vector<std::string> named = {"acl", "slots 64 -> 32", "inner.max_entries 256 -> 512"};
   s = reload_via_api(stub(), &resp);
-  EXPECT_TRUE(has_error(s, grpc::StatusCode::FAILED_PRECONDITION, {"acl", "slots"}));
+  EXPECT_TRUE(has_error(s, grpc::StatusCode::FAILED_PRECONDITION, named));
   r = ctl({"reload"});
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_TRUE(contains_all(r.err, {"acl", "slots"})) << r.err;
+  EXPECT_TRUE(contains_all(r.err, named)) << r.err;
   // A file that does not parse: refused with file:line.
   ASSERT_TRUE(daemon().rewrite_config(DaemonOptions{}).ok());
   {
