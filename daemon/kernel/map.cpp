@@ -67,9 +67,15 @@ uint32_t possible_cpus() {
   return n;
 }
 
-size_t syscall_value_size(bpf_map_type type, uint32_t value_size) {
+size_t cpu_value_stride(bpf_map_type type, uint32_t value_size) {
   if (!is_percpu(type)) return value_size;
-  return ((static_cast<size_t>(value_size) + 7) & ~size_t{7}) * possible_cpus();
+  return (static_cast<size_t>(value_size) + 7) & ~size_t{7};
+}
+
+uint32_t value_copies(bpf_map_type type) { return is_percpu(type) ? possible_cpus() : 1; }
+
+size_t syscall_value_size(bpf_map_type type, uint32_t value_size) {
+  return cpu_value_stride(type, value_size) * value_copies(type);
 }
 
 Result<UniqueFd> create_map(const MapSpec& spec) {

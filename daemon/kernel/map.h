@@ -52,6 +52,10 @@ struct MapInfo {
 [[nodiscard]] uint32_t possible_cpus();
 // Bytes of one element's value in a syscall buffer: per-CPU values are 8-byte aligned per CPU.
 [[nodiscard]] size_t syscall_value_size(bpf_map_type type, uint32_t value_size);
+// Within that buffer: bytes from one CPU's copy of the value to the next (the value's size for
+// maps that are not per-CPU), and how many copies there are (1 for those maps).
+[[nodiscard]] size_t cpu_value_stride(bpf_map_type type, uint32_t value_size);
+[[nodiscard]] uint32_t value_copies(bpf_map_type type);
 
 [[nodiscard]] Result<UniqueFd> create_map(const MapSpec& spec);
 [[nodiscard]] Result<MapInfo> map_info(int fd);
