@@ -48,13 +48,5 @@ TEST(ChooseStrategy, ExplicitModeOverridesTheProbe) {
   }
 }
 
-TEST(ParseKernelRelease, ReadsMajorAndMinor) {
-  int major = 0, minor = 0;
-  ASSERT_TRUE(kernel::parse_kernel_release("6.18.44-fc-v657", &major, &minor));
-  EXPECT_EQ(major, 6);
-  EXPECT_EQ(minor, 18);
-  EXPECT_FALSE(kernel::parse_kernel_release("linux", &major, &minor));
-}
-
 }  // namespace
 }  // namespace policyd::core
