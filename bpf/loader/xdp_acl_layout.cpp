@@ -4,6 +4,7 @@
 
 #include <cstddef>
 
+#include "kernel/map_types.h"
 #include "xdp_acl.h"
 
 namespace policyd::xdp {
@@ -82,17 +83,18 @@ std::vector<std::string> check_map(const MapView& map) {
   const std::string m = "map " + map.name;
   std::string outer_type;
   if (map.name == XDP_ACL_MAP_BY_IFINDEX) {
-    outer_type = "hash_of_maps";
+    outer_type = kernel::map_type_label(BPF_MAP_TYPE_HASH_OF_MAPS);
     compare_number(m + " slot key size (u32 ifindex)", sizeof(uint32_t), map.slot_key_size, out);
   } else if (map.name == XDP_ACL_MAP_BY_INDEX) {
-    outer_type = "array_of_maps";
+    outer_type = kernel::map_type_label(BPF_MAP_TYPE_ARRAY_OF_MAPS);
   } else {
     out.push_back(m + ": xdp_acl.bpf.c declares no such map");
     return out;
   }
   compare_text(m + " type", outer_type, map.type, out);
   compare_number(m + " slots (XDP_ACL_SLOTS)", XDP_ACL_SLOTS, map.slots, out);
-  compare_text(m + " inner type", "lpm_trie", map.inner_type, out);
+  compare_text(m + " inner type", kernel::map_type_label(BPF_MAP_TYPE_LPM_TRIE), map.inner_type,
+               out);
   compare_number(m + " inner max_entries (XDP_ACL_RULES)", XDP_ACL_RULES, map.inner_max_entries,
                  out);
   compare_fields(m + " key (struct xdp_acl_key)", expected_key(), sizeof(xdp_acl_key), map.key,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "kernel/map_types.h"
 #include "xdp_acl_layout.h"
 
 namespace {
@@ -26,12 +27,6 @@ std::vector<FieldView> field_views(const policyd::schema::Layout& layout) {
   return out;
 }
 
-std::string inner_type_name(bpf_map_type type) {
-  auto lpm = policyd::config::parse_inner_type("lpm_trie");
-  if (lpm.ok() && *lpm == type) return "lpm_trie";
-  return "map type " + std::to_string(static_cast<int>(type));
-}
-
 // The map as the daemon would describe it, or nullopt-like empty name when not configured.
 bool find_map(const DaemonConfig& config, const std::string& name, MapView& out) {
   for (const policyd::core::OuterMapConfig& m : config.engine.maps) {
@@ -40,7 +35,7 @@ bool find_map(const DaemonConfig& config, const std::string& name, MapView& out)
     out.type = policyd::core::to_string(m.kind);
     out.slots = m.slots;
     out.slot_key_size = m.slot_key_size;
-    out.inner_type = inner_type_name(m.inner.type);
+    out.inner_type = policyd::kernel::map_type_label(m.inner.type);
     out.inner_max_entries = m.inner.max_entries;
     out.key_size = m.inner.key_size;
     out.value_size = m.inner.value_size;

@@ -1,10 +1,10 @@
 // proto <-> core conversion.
 #include "api/convert.h"
 
-#include <chrono>
 #include <cstring>
 #include <utility>
 
+#include "kernel/map_types.h"
 #include "schema/schema.h"
 
 namespace policyd::api {
@@ -65,11 +65,6 @@ Result<core::Bytes> to_value(const v1::Entry& e, const core::OuterMapConfig& map
   Result<core::Bytes> value = schema::encode(schema->value, to_std_map(e.value_fields()), false);
   if (!value.ok()) return fail("value_fields", std::move(value).error());
   return value;
-}
-
-bool is_per_cpu(bpf_map_type type) {
-  return type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_PERCPU_ARRAY ||
-         type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
 }
 
 }  // namespace
@@ -238,24 +233,8 @@ v1::SlotRef to_slot_ref(core::OuterKind kind, const core::Bytes& slot) {
 }
 
 std::string inner_type_name(bpf_map_type type) {
-  switch (type) {
-    case BPF_MAP_TYPE_HASH:
-      return "hash";
-    case BPF_MAP_TYPE_ARRAY:
-      return "array";
-    case BPF_MAP_TYPE_LPM_TRIE:
-      return "lpm_trie";
-    case BPF_MAP_TYPE_PERCPU_HASH:
-      return "percpu_hash";
-    case BPF_MAP_TYPE_PERCPU_ARRAY:
-      return "percpu_array";
-    case BPF_MAP_TYPE_LRU_HASH:
-      return "lru_hash";
-    case BPF_MAP_TYPE_LRU_PERCPU_HASH:
-      return "lru_percpu_hash";
-    default:
-      return "type " + std::to_string(static_cast<int>(type));
-  }
+  const kernel::MapType* t = kernel::find_map_type(type);
+  return t ? std::string(t->name) : "type " + std::to_string(static_cast<int>(type));
 }
 
 void to_field_layouts(const schema::Layout& layout,
@@ -326,7 +305,7 @@ void to_dump(const core::DrainRecord& record, const core::OuterMapConfig& map,
              const config::MapSchema* schema, v1::DumpSlotResponse* out) {
   out->set_map_id(record.map_id);
   out->set_generation(record.installed_by);
-  const bool per_cpu = is_per_cpu(map.inner.type);
+  const bool per_cpu = kernel::is_percpu(map.inner.type);
   for (const core::DrainedEntry& e : record.entries) {
     v1::DumpedEntry* d = out->add_entries();
     d->set_key(to_string_bytes(e.key));
@@ -387,12 +366,6 @@ void to_counters(const CounterTable& table, const core::MapConfigs& maps,
       v->set_live(l == counters.live.end() ? 0 : l->second);
     }
   }
-}
-
-int64_t unix_ms_now() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 v1::Event to_event(const core::CommittedEvent& event, int64_t unix_ms) {

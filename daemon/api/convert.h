@@ -105,7 +105,6 @@ void add_drained(const std::map<core::CounterKey, uint64_t>& drained, const std:
 void to_counters(const CounterTable& table, const core::MapConfigs& maps,
                  v1::GetCountersResponse* out);
 
-[[nodiscard]] int64_t unix_ms_now();
 [[nodiscard]] v1::Event to_event(const core::CommittedEvent& event, int64_t unix_ms);
 // `kind` formats the slot (index or hex), as the map it came from is configured.
 [[nodiscard]] v1::Event to_event(const core::DrainedEvent& event, core::OuterKind kind,

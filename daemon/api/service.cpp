@@ -17,6 +17,7 @@
 
 #include "api/convert.h"
 #include "api/status.h"
+#include "util/clock.h"
 
 namespace policyd::api {
 namespace {
@@ -197,7 +198,7 @@ class PolicyService::EventHub final : public core::EventListener {
 
   void on_committed(const core::CommittedEvent& e) override {
     if (!enter()) return;
-    publish(to_event(e, unix_ms_now()));
+    publish(to_event(e, util::unix_ms_now()));
     leave();
   }
 
@@ -207,7 +208,7 @@ class PolicyService::EventHub final : public core::EventListener {
     if (auto cfg = config_()) {
       if (const core::OuterMapConfig* m = find_map(*cfg, e.record.map)) kind = m->kind;
     }
-    publish(to_event(e, kind, unix_ms_now()));
+    publish(to_event(e, kind, util::unix_ms_now()));
     leave();
   }
 
@@ -437,7 +438,7 @@ PolicyService::~PolicyService() {
 }
 
 void PolicyService::publish_reloaded(const ReloadSummary& summary) {
-  hub_->publish(to_event(summary, unix_ms_now()));
+  hub_->publish(to_event(summary, util::unix_ms_now()));
 }
 
 size_t PolicyService::watchers() const { return hub_->active(); }

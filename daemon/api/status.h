@@ -1,5 +1,6 @@
-// The one table from policyd errors to gRPC status codes (DESIGN.md, Errors). Every RPC handler
-// turns a failed Result into a grpc::Status here and nowhere else.
+// The one table from policyd errors to gRPC status codes (the codes the header of
+// proto/policyd/v1/policyd.proto documents). Every RPC handler turns a failed Result into a
+// grpc::Status here and nowhere else.
 #pragma once
 
 #include <grpcpp/support/status.h>

@@ -23,6 +23,7 @@
 #include "app/unix_listener.h"
 #include "core/committer.h"
 #include "core/engine.h"
+#include "core/layout_check.h"
 #include "core/state_store.h"
 #include "metrics/http_server.h"
 
@@ -41,35 +42,33 @@ Result<std::string> read_file(const std::string& path) {
   return s.str();
 }
 
-// What differs between two configurations of the same map, or "" when nothing that matters to
-// the kernel or the schema does.
-std::string map_change(const core::OuterMapConfig& a, const config::MapSchema& sa,
-                       const core::OuterMapConfig& b, const config::MapSchema& sb) {
-  auto layout_eq = [](const schema::Layout& x, const schema::Layout& y) {
-    if (x.size != y.size || x.fields.size() != y.fields.size()) return false;
-    for (size_t i = 0; i < x.fields.size(); ++i) {
-      const schema::Field& f = x.fields[i];
-      const schema::Field& g = y.fields[i];
-      if (f.name != g.name || f.type != g.type || f.offset != g.offset || f.counter != g.counter) {
-        return false;
-      }
-    }
-    return true;
-  };
-  if (a.kind != b.kind) return "type";
-  if (a.slots != b.slots) return "slots";
-  if (a.group != b.group) return "group";
-  if (a.drain != b.drain) return "drain";
-  if (a.inner.type != b.inner.type) return "inner.type";
-  if (a.inner.max_entries != b.inner.max_entries) return "inner.max_entries";
-  if (a.inner.flags != b.inner.flags) return "inner.flags";
-  if (!layout_eq(sa.key, sb.key)) return "inner.key";
-  if (!layout_eq(sa.value, sb.value)) return "inner.value";
-  if (sa.slot_key.has_value() != sb.slot_key.has_value() ||
-      (sa.slot_key && !layout_eq(*sa.slot_key, *sb.slot_key))) {
-    return "slot_key";
+// A layout's fields as text ("src:ipv4@0 hits:u64@4 counter"), to show what changed.
+std::string layout_text(const schema::Layout& layout) {
+  std::string text;
+  for (const schema::Field& f : layout.fields) {
+    if (!text.empty()) text += " ";
+    text += f.name + ":" + f.type_name() + "@" + std::to_string(f.offset);
+    if (f.counter) text += " counter";
   }
-  return "";
+  return "{" + text + "}";
+}
+
+// Every difference between two configurations of the same map that matters to the kernel or
+// the schema: the engine's layout check, then what only the config holds.
+std::vector<core::LayoutDifference> map_changes(const core::OuterMapConfig& a,
+                                                const config::MapSchema& sa,
+                                                const core::OuterMapConfig& b,
+                                                const config::MapSchema& sb) {
+  std::vector<core::LayoutDifference> diffs =
+      core::layout_differences(core::expected_layout(a), core::expected_layout(b));
+  core::add_difference(diffs, "group", a.group.empty() ? "none" : a.group,
+                       b.group.empty() ? "none" : b.group);
+  core::add_difference(diffs, "drain", core::to_string(a.drain), core::to_string(b.drain));
+  core::add_difference(diffs, "inner.key", layout_text(sa.key), layout_text(sb.key));
+  core::add_difference(diffs, "inner.value", layout_text(sa.value), layout_text(sb.value));
+  core::add_difference(diffs, "slot_key", sa.slot_key ? layout_text(*sa.slot_key) : "none",
+                       sb.slot_key ? layout_text(*sb.slot_key) : "none");
+  return diffs;
 }
 
 }  // namespace
@@ -129,10 +128,11 @@ struct Daemon::Impl {
         added.push_back(m);
         continue;
       }
-      const std::string what =
-          map_change(*it->second, old->schemas.at(m.name), m, next.schemas.at(m.name));
-      if (!what.empty()) {
-        return failed_precondition("reload refused: map \"" + m.name + "\" changed its " + what +
+      const std::vector<core::LayoutDifference> changes =
+          map_changes(*it->second, old->schemas.at(m.name), m, next.schemas.at(m.name));
+      if (!changes.empty()) {
+        return failed_precondition("reload refused: map \"" + m.name +
+                                   "\" changed (running -> file): " + core::describe(changes) +
                                    "; an existing map keeps its layout (use a new name)");
       }
       old_maps.erase(it);

@@ -11,18 +11,10 @@
 #include <cerrno>
 #include <cstring>
 
+#include "util/fs.h"
+
 namespace policyd::app {
 namespace {
-
-Status make_parent_dirs(const std::string& path) {
-  for (size_t pos = path.find('/', 1); pos != std::string::npos; pos = path.find('/', pos + 1)) {
-    const std::string dir = path.substr(0, pos);
-    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-      return sys_error(errno, "create directory " + dir);
-    }
-  }
-  return {};
-}
 
 Result<sockaddr_un> socket_address(const std::string& path) {
   sockaddr_un addr{};
@@ -46,7 +38,7 @@ bool someone_listens(const sockaddr_un& addr) {
 
 Result<std::unique_ptr<UnixListener>> UnixListener::open(boost::asio::io_context& io,
                                                          const config::ApiConfig& api) {
-  POLICYD_TRY(make_parent_dirs(api.socket));
+  POLICYD_TRY(util::make_parent_dirs(api.socket));
   POLICYD_ASSIGN_OR_RETURN(sockaddr_un addr, socket_address(api.socket));
   struct stat st {};
   if (::lstat(api.socket.c_str(), &st) == 0) {

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/validate.h"
+#include "kernel/map_types.h"
 #include "util/hex.h"
 
 namespace policyd::config {
@@ -282,13 +283,13 @@ Status read_map(const Reader& r, const YAML::Node& node, const std::string& path
   if (node["type"]) {
     POLICYD_ASSIGN_OR_RETURN(type, r.str(node["type"], path + ".type"));
   }
-  if (type == "array_of_maps")
-    m.kind = core::OuterKind::kArray;
-  else if (type == "hash_of_maps")
-    m.kind = core::OuterKind::kHash;
-  else
+  const kernel::MapType* outer_type = kernel::find_map_type(type, kernel::MapRole::kOuter);
+  if (!outer_type) {
     return r.error(node["type"], path + ".type",
-                   "unknown outer type \"" + type + "\" (array_of_maps, hash_of_maps)");
+                   "unknown outer type \"" + type + "\" (" +
+                       kernel::map_type_names(kernel::MapRole::kOuter) + ")");
+  }
+  m.kind = outer_type->array ? core::OuterKind::kArray : core::OuterKind::kHash;
   if (!node["slots"]) return r.error(node, path + ".slots", "is required");
   POLICYD_ASSIGN_OR_RETURN(uint64_t slots, r.uint(node["slots"], path + ".slots", 1u << 20));
   if (slots == 0) return r.error(node["slots"], path + ".slots", "must be at least 1");
@@ -368,21 +369,10 @@ Status read_map(const Reader& r, const YAML::Node& node, const std::string& path
 }  // namespace
 
 Result<bpf_map_type> parse_inner_type(const std::string& name) {
-  static const std::pair<const char*, bpf_map_type> kTypes[] = {
-      {"hash", BPF_MAP_TYPE_HASH},
-      {"array", BPF_MAP_TYPE_ARRAY},
-      {"lpm_trie", BPF_MAP_TYPE_LPM_TRIE},
-      {"percpu_hash", BPF_MAP_TYPE_PERCPU_HASH},
-      {"percpu_array", BPF_MAP_TYPE_PERCPU_ARRAY},
-      {"lru_hash", BPF_MAP_TYPE_LRU_HASH},
-      {"lru_percpu_hash", BPF_MAP_TYPE_LRU_PERCPU_HASH},
-  };
-  std::string list;
-  for (const auto& [n, t] : kTypes) {
-    if (name == n) return t;
-    list += (list.empty() ? "" : ", ") + std::string(n);
-  }
-  return invalid_argument("unknown inner map type \"" + name + "\" (" + list + ")");
+  const kernel::MapType* t = kernel::find_map_type(name, kernel::MapRole::kInner);
+  if (t) return t->type;
+  return invalid_argument("unknown inner map type \"" + name + "\" (" +
+                          kernel::map_type_names(kernel::MapRole::kInner) + ")");
 }
 
 Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& name) {

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "kernel/map.h"
+#include "util/clock.h"
 
 namespace policyd::core {
 namespace {
@@ -24,9 +25,8 @@ FillBuffers pack_entries(const OuterMapConfig& map, const std::vector<Entry>& en
   const InnerTemplate& inner = map.inner;
   FillBuffers buf;
   buf.value_stride = kernel::syscall_value_size(inner.type, inner.value_size);
-  const bool percpu = kernel::is_percpu(inner.type);
-  const size_t cpu_stride = percpu ? (inner.value_size + 7) & ~size_t{7} : inner.value_size;
-  const size_t cpus = percpu ? kernel::possible_cpus() : 1;
+  const size_t cpu_stride = kernel::cpu_value_stride(inner.type, inner.value_size);
+  const size_t cpus = kernel::value_copies(inner.type);
   buf.keys.resize(entries.size() * inner.key_size);
   buf.values.assign(entries.size() * buf.value_stride, 0);
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -137,8 +137,7 @@ Result<BuiltGeneration> build_generation(const Generation& gen, const MapConfigs
   pool.run_all(std::move(tasks));
   // On error the maps already built are closed with `built`; nothing reached the data plane.
   if (first_error) return *first_error;
-  built.build_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  built.build_ms = util::ms_since(t0);
   return built;
 }
 

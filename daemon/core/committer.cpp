@@ -15,18 +15,10 @@
 #include <shared_mutex>
 #include <thread>
 
+#include "util/clock.h"
+
 namespace policyd::core {
 namespace {
-
-int64_t unix_ms_now() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
 
 Error unavailable() { return Error{ErrorCode::kUnavailable, 0, "policyd is shutting down"}; }
 
@@ -574,7 +566,7 @@ struct Committer::Impl {
     GenerationRecord rec;
     rec.id = id;
     rec.label = gen.label;
-    rec.committed_unix_ms = unix_ms_now();
+    rec.committed_unix_ms = util::unix_ms_now();
     rec.changes = static_cast<uint32_t>(gen.changes.size());
     rec.request_id = item.request.request_id;
     for (size_t i = 0; i < gen.changes.size(); ++i) {
@@ -598,7 +590,7 @@ struct Committer::Impl {
   double drain_and_publish() {
     auto t0 = std::chrono::steady_clock::now();
     Result<std::vector<DrainRecord>> records = engine->drain();
-    const double ms = ms_since(t0);
+    const double ms = util::ms_since(t0);
     if (!records.ok()) {
       spdlog::error("drain: {} (kept pending, retried after the next commit)",
                     records.error().message());
@@ -704,7 +696,7 @@ struct Committer::Impl {
       GenerationRecord rec;
       rec.id = engine->current_generation();
       rec.label = "adopted";
-      rec.committed_unix_ms = unix_ms_now();
+      rec.committed_unix_ms = util::unix_ms_now();
       rec.state = std::make_shared<const StateSnapshot>(state);
       rec.content_hash = generation_hash(stored_generation(rec).slots);
       history.push_front(std::move(rec));

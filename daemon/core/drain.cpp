@@ -9,12 +9,10 @@ namespace policyd::core {
 namespace {
 
 size_t cpu_stride(const InnerTemplate& inner) {
-  return kernel::is_percpu(inner.type) ? (inner.value_size + 7) & ~size_t{7} : inner.value_size;
+  return kernel::cpu_value_stride(inner.type, inner.value_size);
 }
 
-size_t cpu_count(const InnerTemplate& inner) {
-  return kernel::is_percpu(inner.type) ? kernel::possible_cpus() : 1;
-}
+size_t cpu_count(const InnerTemplate& inner) { return kernel::value_copies(inner.type); }
 
 uint64_t read_counter(const uint8_t* p, uint32_t size) {
   if (size == 4) {

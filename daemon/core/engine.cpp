@@ -3,7 +3,6 @@
 
 #include <dirent.h>
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -12,7 +11,10 @@
 #include <set>
 
 #include "core/drain.h"
+#include "core/layout_check.h"
 #include "kernel/map.h"
+#include "util/clock.h"
+#include "util/fs.h"
 #include "util/hex.h"
 
 namespace policyd::core {
@@ -57,10 +59,6 @@ struct Engine::Plan {
 
 namespace {
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-
 InnerRef find_slot(const std::map<Bytes, InnerRef>& slots, const Bytes& slot) {
   auto it = slots.find(slot);
   return it == slots.end() ? nullptr : it->second;
@@ -73,36 +71,8 @@ void set_slot(std::map<Bytes, InnerRef>& slots, const Bytes& slot, InnerRef inne
     slots.erase(slot);
 }
 
-Status make_dirs(const std::string& path) {
-  for (size_t pos = 1; pos <= path.size(); ++pos) {
-    if (pos != path.size() && path[pos] != '/') continue;
-    std::string prefix = path.substr(0, pos);
-    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      return sys_error(errno, "create directory " + prefix);
-    }
-  }
-  return {};
-}
-
 std::string describe(const OuterMapConfig& map, const Bytes& slot) {
   return "map \"" + map.name + "\" slot " + slot_to_string(map.kind, slot);
-}
-
-// Why an adopted inner map cannot serve as this outer map's inner map, or "" if it can.
-std::string inner_mismatch(const kernel::MapInfo& info, const InnerTemplate& t) {
-  uint32_t flags = t.flags | (t.type == BPF_MAP_TYPE_LPM_TRIE ? BPF_F_NO_PREALLOC : 0);
-  if (info.type != t.type) {
-    return std::string("type ") + kernel::map_type_name(info.type) + ", config wants " +
-           kernel::map_type_name(t.type);
-  }
-  if (info.key_size != t.key_size) return "key size " + std::to_string(info.key_size);
-  if (info.value_size != t.value_size) return "value size " + std::to_string(info.value_size);
-  if (info.flags != flags) return "map flags " + std::to_string(info.flags);
-  bool array = t.type == BPF_MAP_TYPE_ARRAY || t.type == BPF_MAP_TYPE_PERCPU_ARRAY;
-  if (array && !(flags & BPF_F_INNER_MAP) && info.max_entries != t.max_entries) {
-    return "max_entries " + std::to_string(info.max_entries);
-  }
-  return "";
 }
 
 // Applies the writes marked `first` in one round, then (if they all succeeded) the others in a
@@ -182,8 +152,8 @@ Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
 }
 
 Status Engine::open_maps() {
-  POLICYD_TRY(make_dirs(pins_.dir()));
-  if (config_.drain_pins) POLICYD_TRY(make_dirs(pins_.drain_dir()));
+  POLICYD_TRY(util::make_dirs(pins_.dir()));
+  if (config_.drain_pins) POLICYD_TRY(util::make_dirs(pins_.drain_dir()));
   return add_maps(config_.maps);
 }
 
@@ -263,23 +233,16 @@ Status Engine::remove_maps(const std::vector<std::string>& maps) {
 Status Engine::open_outer(Outer& outer, int bank, const std::string& kernel_name,
                           const std::string& path) {
   const OuterMapConfig& cfg = *outer.config;
-  const bpf_map_type type =
-      cfg.kind == OuterKind::kArray ? BPF_MAP_TYPE_ARRAY_OF_MAPS : BPF_MAP_TYPE_HASH_OF_MAPS;
+  const bpf_map_type type = outer_map_type(cfg.kind);
   Result<kernel::UniqueFd> pinned = kernel::open_pinned(path);
   if (pinned.ok()) {
     POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(pinned->get()));
-    std::string why;
-    if (info.type != type)
-      why = std::string("it is ") + kernel::map_type_name(info.type);
-    else if (info.key_size != cfg.slot_key_size)
-      why = "its key is " + std::to_string(info.key_size) + " bytes";
-    else if (info.max_entries != cfg.slots)
-      why = "it has " + std::to_string(info.max_entries) + " slots";
-    if (!why.empty()) {
+    const MapLayout pinned_layout{existing_outer_shape(info), std::nullopt};
+    const std::vector<LayoutDifference> diffs =
+        layout_differences(pinned_layout, expected_layout(cfg));
+    if (!diffs.empty()) {
       return failed_precondition("pinned map " + path + " does not match map \"" + cfg.name +
-                                 "\" (" + to_string(cfg.kind) + ", " + std::to_string(cfg.slots) +
-                                 " slots, key " + std::to_string(cfg.slot_key_size) +
-                                 " bytes): " + why +
+                                 "\" (pinned -> config): " + describe(diffs) +
                                  "; policyd never replaces a pinned map, remove it or fix the "
                                  "config");
     }
@@ -317,10 +280,13 @@ Status Engine::adopt_slots(Outer& outer, int bank) {
     Result<kernel::UniqueFd> fd = kernel::map_fd_by_id(id);
     if (!fd.ok()) return fd.error().wrap("adopt " + describe(cfg, slot));
     POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo inner_info, kernel::map_info(fd->get()));
-    std::string why = inner_mismatch(inner_info, cfg.inner);
-    if (!why.empty()) {
+    const MapLayout found_layout{std::nullopt, existing_inner_shape(inner_info)};
+    const std::vector<LayoutDifference> diffs =
+        layout_differences(found_layout, expected_layout(cfg));
+    if (!diffs.empty()) {
       return failed_precondition("adopt " + describe(cfg, slot) + ": the inner map there (id " +
-                                 std::to_string(id) + ") has " + why);
+                                 std::to_string(id) +
+                                 ") does not match (pinned -> config): " + describe(diffs));
     }
     auto inner = std::make_shared<InnerMap>();
     inner->fd = std::move(fd).value();
@@ -545,7 +511,7 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
         it != inserts.end() && r.outer->slots[r.bank].size() + it->second > r.outer->config->slots;
   }
   RoundResult round = apply_phased(*writer_, plan.writes, first);
-  report.write_ms = ms_since(t0);
+  report.write_ms = util::ms_since(t0);
   if (round.error) {
     stats_.failed_commits++;
     Status undone = undo(plan, round);
@@ -570,7 +536,7 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
     }
     auto t1 = std::chrono::steady_clock::now();
     Status barrier = writer_->barrier();
-    report.barrier_ms = ms_since(t1);
+    report.barrier_ms = util::ms_since(t1);
     if (!barrier.ok()) {
       // The flip is done and cannot be waited for: say so rather than ack.
       spdlog::error("{}: {}", what, barrier.error().message());
@@ -714,25 +680,19 @@ Status Engine::recover_drain_pins(const std::set<uint32_t>& counted) {
       POLICYD_TRY(kernel::unpin(path));
       continue;
     }
-    // "<map>_<slot hex>_<installed_by>_<id>"; the map name may itself contain '_'.
-    const size_t p3 = name.rfind('_');
-    const size_t p2 =
-        p3 == std::string::npos || p3 == 0 ? std::string::npos : name.rfind('_', p3 - 1);
-    const size_t p1 =
-        p2 == std::string::npos || p2 == 0 ? std::string::npos : name.rfind('_', p2 - 1);
-    Result<Bytes> slot = p1 == std::string::npos ? Result<Bytes>(invalid_argument("bad name"))
-                                                 : util::from_hex(name.substr(p1 + 1, p2 - p1 - 1));
-    const std::string map = p1 == std::string::npos ? "" : name.substr(0, p1);
-    if (!slot.ok() || !configs_.count(map)) {
+    const std::optional<PinPaths::DrainPin> parsed = PinPaths::parse_drain_pin_name(name);
+    Result<Bytes> slot =
+        parsed ? util::from_hex(parsed->slot_hex) : Result<Bytes>(invalid_argument("bad name"));
+    if (!slot.ok() || !configs_.count(parsed->map)) {
       spdlog::warn("{}: not a drain pin of a configured map; left in place", path);
       continue;
     }
     auto inner = std::make_shared<InnerMap>();
     inner->fd = std::move(fd);
     inner->id = info.id;
-    inner->map = map;
+    inner->map = parsed->map;
     inner->slot = std::move(slot).value();
-    inner->installed_by = std::strtoull(name.substr(p2 + 1, p3 - p2 - 1).c_str(), nullptr, 10);
+    inner->installed_by = parsed->installed_by;
     inner->drain_pin = path;
     pending_.push_back({std::move(inner), 0});
     ++recovered;

@@ -3,12 +3,16 @@
 
 #include <cstring>
 
+#include "kernel/map_types.h"
 #include "util/hex.h"
 
 namespace policyd::core {
 
+bpf_map_type outer_map_type(OuterKind kind) {
+  return kernel::outer_map_type(kind == OuterKind::kArray);
+}
 const char* to_string(OuterKind kind) {
-  return kind == OuterKind::kArray ? "array_of_maps" : "hash_of_maps";
+  return kernel::find_map_type(outer_map_type(kind))->name.data();  // literals: NUL-terminated
 }
 const char* to_string(DrainMode mode) { return mode == DrainMode::kEntries ? "entries" : "none"; }
 const char* to_string(BarrierMode mode) {

@@ -17,10 +17,13 @@ using Bytes = std::vector<uint8_t>;
 
 enum class OuterKind { kArray, kHash };
 enum class DrainMode { kEntries, kNone };
-// How outer-map writes pay for the kernel's grace-period wait (DESIGN.md kernel table).
+// How outer-map writes pay for the kernel's grace-period wait (DESIGN.md, Barrier strategies
+// and kernel behaviour).
 enum class BarrierMode { kAuto, kBatch, kConcurrent };
 enum class Strategy { kBatch, kConcurrent };
 
+// The kernel's outer map type and the config's name for it (kernel/map_types.h).
+[[nodiscard]] bpf_map_type outer_map_type(OuterKind kind);
 const char* to_string(OuterKind kind);
 const char* to_string(DrainMode mode);
 const char* to_string(BarrierMode mode);

@@ -1,6 +1,9 @@
 // Pin paths, computed in exactly one place. Everything policyd pins lives under pin_dir.
 #pragma once
 
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "policyd/abi.h"  // the names programs see, shared with bpf/include
@@ -32,8 +35,38 @@ class PinPaths {
   // "<map>_<slot hex>_<installed_by>_<id>": enough to attribute the counters after a restart.
   [[nodiscard]] std::string drain_pin(const std::string& map, const std::string& slot_hex,
                                       uint64_t installed_by, uint32_t id) const {
-    return drain_dir() + "/" + map + "_" + slot_hex + "_" + std::to_string(installed_by) + "_" +
-           std::to_string(id);
+    return drain_dir() + "/" + drain_pin_name({map, slot_hex, installed_by, id});
+  }
+
+  // The parts of a drain pin's name.
+  struct DrainPin {
+    std::string map;
+    std::string slot_hex;
+    uint64_t installed_by = 0;
+    uint32_t id = 0;
+  };
+  [[nodiscard]] static std::string drain_pin_name(const DrainPin& pin) {
+    return pin.map + "_" + pin.slot_hex + "_" + std::to_string(pin.installed_by) + "_" +
+           std::to_string(pin.id);
+  }
+  // The inverse of drain_pin_name, split at the last three '_' (a map name may contain '_');
+  // nullopt for a name that is not one.
+  [[nodiscard]] static std::optional<DrainPin> parse_drain_pin_name(const std::string& name) {
+    size_t cut[3];
+    size_t end = name.size();
+    for (size_t& c : cut) {
+      c = end == 0 ? std::string::npos : name.rfind('_', end - 1);
+      if (c == std::string::npos || c == 0) return std::nullopt;
+      end = c;
+    }
+    // cut[0] precedes the id, cut[1] installed_by, cut[2] the slot.
+    DrainPin pin;
+    pin.map = name.substr(0, cut[2]);
+    pin.slot_hex = name.substr(cut[2] + 1, cut[1] - cut[2] - 1);
+    pin.installed_by =
+        std::strtoull(name.substr(cut[1] + 1, cut[0] - cut[1] - 1).c_str(), nullptr, 10);
+    pin.id = static_cast<uint32_t>(std::strtoul(name.substr(cut[0] + 1).c_str(), nullptr, 10));
+    return pin;
   }
 
  private:

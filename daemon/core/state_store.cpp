@@ -14,6 +14,7 @@
 #include <mutex>
 
 #include "policyd/state/v1/state.pb.h"
+#include "util/fs.h"
 
 namespace policyd::core {
 namespace {
@@ -123,13 +124,6 @@ Status replace_file(const std::string& path, const std::string& data) {
   return st;
 }
 
-Status make_dir(const std::string& path) {
-  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
-    return sys_error(errno, "create directory " + path);
-  }
-  return {};
-}
-
 std::string corrupt(const std::string& path, const std::string& why) {
   return "state file " + path + " is corrupt: " + why +
          ". policyd will not guess what the data plane should hold. To recover, restore the "
@@ -176,10 +170,7 @@ StateStore::StateStore(std::string dir, kernel::UniqueFd lock)
 StateStore::~StateStore() = default;
 
 Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
-  for (size_t pos = 1; pos <= dir.size(); ++pos) {
-    if (pos == dir.size() || dir[pos] == '/') POLICYD_TRY(make_dir(dir.substr(0, pos)));
-  }
-  POLICYD_TRY(make_dir(dir + "/contents"));
+  POLICYD_TRY(util::make_dirs(dir + "/contents", 0700));
   const std::string lock_path = dir + "/lock";
   kernel::UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock.valid()) return sys_error(errno, "open " + lock_path);

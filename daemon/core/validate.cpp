@@ -17,10 +17,6 @@ std::string where(const OuterMapConfig& map, const Bytes& slot) {
   return "map \"" + map.name + "\" slot " + slot_to_string(map.kind, slot);
 }
 
-bool is_array_type(bpf_map_type t) {
-  return t == BPF_MAP_TYPE_ARRAY || t == BPF_MAP_TYPE_PERCPU_ARRAY;
-}
-
 // LPM keys are a u32 prefix length then the address; bits past the prefix do not matter to
 // the kernel, so two keys that differ only there are the same entry.
 void normalize_lpm_key(uint8_t* k, size_t size) {
@@ -95,7 +91,7 @@ std::string check_entry(const OuterMapConfig& map, const Entry& e) {
     return "value is " + std::to_string(e.value.size()) + " bytes, the map's value is " +
            std::to_string(inner.value_size);
   }
-  if (is_array_type(inner.type)) {
+  if (kernel::is_array(inner.type)) {
     uint32_t index = 0;
     std::memcpy(&index, e.key.data(), sizeof(index));
     if (index >= inner.max_entries) {
@@ -225,7 +221,7 @@ Status validate_map_config(const OuterMapConfig& map) {
   if (inner.key_size == 0 || inner.value_size == 0 || inner.max_entries == 0) {
     return invalid_argument(at + ": inner key, value and max_entries must be positive");
   }
-  if (is_array_type(inner.type) && inner.key_size != sizeof(uint32_t)) {
+  if (kernel::is_array(inner.type) && inner.key_size != sizeof(uint32_t)) {
     return invalid_argument(at + ": array inner maps have 4-byte keys");
   }
   if (inner.type == BPF_MAP_TYPE_LPM_TRIE && inner.key_size <= 4) {

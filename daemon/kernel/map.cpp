@@ -10,6 +10,8 @@
 
 #include <unistd.h>
 
+#include "kernel/map_types.h"
+
 namespace policyd::kernel {
 namespace {
 
@@ -42,13 +44,14 @@ const char* map_type_name(bpf_map_type type) {
   return name ? name : "unknown";
 }
 
-bool is_percpu(bpf_map_type type) {
-  return type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_PERCPU_ARRAY ||
-         type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+bool is_map_in_map(bpf_map_type type) {
+  const MapType* t = find_map_type(type);
+  return t && t->role == MapRole::kOuter;
 }
 
-bool is_map_in_map(bpf_map_type type) {
-  return type == BPF_MAP_TYPE_ARRAY_OF_MAPS || type == BPF_MAP_TYPE_HASH_OF_MAPS;
+bool is_array(bpf_map_type type) {
+  const MapType* t = find_map_type(type);
+  return t && t->array && t->role == MapRole::kInner;
 }
 
 uint32_t possible_cpus() {
@@ -59,9 +62,15 @@ uint32_t possible_cpus() {
   return n;
 }
 
-size_t syscall_value_size(bpf_map_type type, uint32_t value_size) {
+size_t cpu_value_stride(bpf_map_type type, uint32_t value_size) {
   if (!is_percpu(type)) return value_size;
-  return ((static_cast<size_t>(value_size) + 7) & ~size_t{7}) * possible_cpus();
+  return (static_cast<size_t>(value_size) + 7) & ~size_t{7};
+}
+
+uint32_t value_copies(bpf_map_type type) { return is_percpu(type) ? possible_cpus() : 1; }
+
+size_t syscall_value_size(bpf_map_type type, uint32_t value_size) {
+  return cpu_value_stride(type, value_size) * value_copies(type);
 }
 
 Result<UniqueFd> create_map(const MapSpec& spec) {

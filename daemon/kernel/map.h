@@ -43,12 +43,19 @@ struct MapInfo {
 // Checks the kernel's rule for map names; the error names the offending character.
 [[nodiscard]] Status check_map_name(const std::string& name);
 [[nodiscard]] const char* map_type_name(bpf_map_type type);
-[[nodiscard]] bool is_percpu(bpf_map_type type);
+// From the map type table (kernel/map_types.h, which also has is_percpu); false for types
+// outside it.
 [[nodiscard]] bool is_map_in_map(bpf_map_type type);
+// An array or per-CPU array inner map: u32 index keys below max_entries.
+[[nodiscard]] bool is_array(bpf_map_type type);
 // Number of possible CPUs (what per-CPU syscall buffers are sized by).
 [[nodiscard]] uint32_t possible_cpus();
 // Bytes of one element's value in a syscall buffer: per-CPU values are 8-byte aligned per CPU.
 [[nodiscard]] size_t syscall_value_size(bpf_map_type type, uint32_t value_size);
+// Within that buffer: bytes from one CPU's copy of the value to the next (the value's size for
+// maps that are not per-CPU), and how many copies there are (1 for those maps).
+[[nodiscard]] size_t cpu_value_stride(bpf_map_type type, uint32_t value_size);
+[[nodiscard]] uint32_t value_copies(bpf_map_type type);
 
 [[nodiscard]] Result<UniqueFd> create_map(const MapSpec& spec);
 [[nodiscard]] Result<MapInfo> map_info(int fd);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernel/map.h"
+#include "util/clock.h"
 
 namespace policyd::kernel {
 namespace {
@@ -28,7 +29,7 @@ template <typename F>
 double time_ms(F&& f) {
   auto t0 = std::chrono::steady_clock::now();
   f();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return util::ms_since(t0);
 }
 
 }  // namespace

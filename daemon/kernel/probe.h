@@ -1,6 +1,7 @@
 // Start-up probe: how does this kernel pay for writes to map-in-map outer maps?
 // It decides between one batch call per outer map (the wait is paid once per call) and
-// concurrent single updates (each waits, but the waits overlap). See DESIGN.md's kernel table.
+// concurrent single updates (each waits, but the waits overlap). See DESIGN.md, Barrier
+// strategies and kernel behaviour.
 #pragma once
 
 #include <string>

@@ -39,10 +39,6 @@ Summary summarize(std::vector<double> v) {
   return s;
 }
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-
 const char* verdict(bool ok) { return ok ? "PASS" : "MISS"; }
 
 void progress(const std::string& msg) {

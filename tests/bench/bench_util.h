@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "util/clock.h"
+
 namespace policyd::bench {
 
 inline constexpr int kExitSkip = 77;
@@ -18,7 +20,7 @@ struct Summary {
 };
 
 [[nodiscard]] Summary summarize(std::vector<double> v);
-[[nodiscard]] double ms_since(std::chrono::steady_clock::time_point t0);
+using util::ms_since;  // the daemon's, so bench and daemon phase timings agree
 [[nodiscard]] const char* verdict(bool ok);
 // The first lines of a bench's output: its name, the command line, the kernel and CPUs.
 void print_run_header(const char* tool, int argc, char** argv);

@@ -37,7 +37,7 @@ class CommitTest : public DaemonTest {
   }
 };
 
-TEST_F(CommitTest, ThirtyTwoConcurrentPushesAreGroupCommittedInOrder) {
+TEST_F(CommitTest, G3_G9_ThirtyTwoConcurrentPushesAreGroupCommittedInOrder) {
   constexpr uint32_t kPushers = 32;
   constexpr uint32_t kSharedSlot = 63;  // every push also writes it: the last id must win
   std::unique_ptr<EventWatch> watch = synced_watch();
@@ -150,7 +150,7 @@ TEST_F(CommitTest, ThirtyTwoConcurrentPushesAreGroupCommittedInOrder) {
 // 16 slots to ports, a hash_of_maps of 16 slots that already holds one: E2BIG) fails alone.
 // Valid generations pushed at the same moment, and so committed under the same barrier, are
 // still acked and in the kernel; the bad one leaves no trace.
-TEST_F(CommitTest, AGenerationTheKernelRefusesDoesNotFailItsBatchmates) {
+TEST_F(CommitTest, G2_AGenerationTheKernelRefusesDoesNotFailItsBatchmates) {
   constexpr uint32_t kPushers = 16;
   v1::PushGenerationRequest first;
   add_change(first, "ports", fields_slot({{"ifindex", "1"}}),
@@ -203,7 +203,7 @@ TEST_F(CommitTest, AGenerationTheKernelRefusesDoesNotFailItsBatchmates) {
   EXPECT_GT(shared_batches, 0u) << "no valid push shared a barrier: the test proved nothing";
 }
 
-TEST_F(CommitTest, SequentialPushesGetIncreasingIdsAndHistory) {
+TEST_F(CommitTest, G9_SequentialPushesGetIncreasingIdsAndHistory) {
   uint64_t last = 0;
   for (uint32_t i = 0; i < 5; ++i) {
     const uint64_t g = push_ok(acl_push(i, {{"10.0.0.0/8", i}}, "seq-" + std::to_string(i)));
@@ -226,7 +226,7 @@ TEST_F(CommitTest, SequentialPushesGetIncreasingIdsAndHistory) {
 // Read-your-writes: once a push is acked, GetState and ListGenerations report its generation
 // (or a later one). A client that pushes, reads the current generation and pushes again with
 // expected_generation set to it must not be refused.
-TEST_F(CommitTest, ReadsAfterAnAckSeeTheAckedGeneration) {
+TEST_F(CommitTest, G4_ReadsAfterAnAckSeeTheAckedGeneration) {
   // Busy threads on every CPU make it likely that the daemon's committer is preempted right
   // after it acks: whatever it still does before reads see the new generation then shows.
   std::atomic<bool> stop{false};
@@ -267,7 +267,7 @@ TEST_F(CommitTest, ReadsAfterAnAckSeeTheAckedGeneration) {
                         << refused << "/" << kRounds << " times";
 }
 
-TEST_F(CommitTest, StaleExpectedGenerationIsRefusedAndChangesNothing) {
+TEST_F(CommitTest, G9_StaleExpectedGenerationIsRefusedAndChangesNothing) {
   const uint64_t g1 = push_ok(acl_push(0, {{"10.0.0.0/8", 1}}));
   v1::PushGenerationRequest ok = acl_push(0, {{"10.0.0.0/8", 2}});
   ok.set_expected_generation(g1);
@@ -291,7 +291,7 @@ TEST_F(CommitTest, StaleExpectedGenerationIsRefusedAndChangesNothing) {
   EXPECT_EQ(kernel_action(0, acl_key(8, 10, 0, 0, 0)), 2);
 }
 
-TEST_F(CommitTest, RetriedRequestIdReturnsTheOriginalResultAndCommitsOnce) {
+TEST_F(CommitTest, G9_RetriedRequestIdReturnsTheOriginalResultAndCommitsOnce) {
   v1::PushGenerationRequest req = acl_push(3, {{"10.3.0.0/16", 3}}, "once");
   req.set_request_id("req-7f3a");
   v1::PushGenerationResponse first;
@@ -324,7 +324,7 @@ TEST_F(CommitTest, RetriedRequestIdReturnsTheOriginalResultAndCommitsOnce) {
   EXPECT_EQ(with_id, 1);
 }
 
-TEST_F(CommitTest, ConcurrentDuplicatesOfOneRequestIdCommitOnce) {
+TEST_F(CommitTest, G9_ConcurrentDuplicatesOfOneRequestIdCommitOnce) {
   constexpr int kDup = 8;
   const v1::GetStateResponse before = get_state();
   std::vector<v1::PushGenerationResponse> resp(kDup);
@@ -448,7 +448,7 @@ TEST_F(CommitTest, RollbackRestoresAnEarlierStateInTheKernel) {
 // G6 in the real daemon: replaced inner maps are drained and closed. After 200 generations that
 // each replace two slots, the daemon holds about as many fds as after the first few, and the
 // kernel's count of live maps comes back to where it was (frees are asynchronous: polled).
-TEST_F(CommitTest, ReplacedInnerMapsAreClosed) {
+TEST_F(CommitTest, G6_ReplacedInnerMapsAreClosed) {
   auto fd_count = [&] {
     size_t n = 0;
     for ([[maybe_unused]] const auto& e :
@@ -498,7 +498,7 @@ class ShortHistoryTest : public CommitTest {
   }
 };
 
-TEST_F(ShortHistoryTest, HistoryIsBoundedAndEvictedGenerationsCannotBeRestored) {
+TEST_F(ShortHistoryTest, G6_HistoryIsBoundedAndEvictedGenerationsCannotBeRestored) {
   for (uint32_t i = 0; i < 6; ++i) push_ok(acl_push(0, {{"10.0.0.0/8", i}}));
   v1::ListGenerationsResponse hist = list_generations();
   EXPECT_EQ(hist.current(), 6u);

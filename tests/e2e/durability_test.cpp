@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "core/pin_paths.h"
 #include "daemon_fixture.h"
 #include "kernel/map.h"
 #include "support/prog_run.h"
@@ -70,11 +71,17 @@ class DurabilityTest : public DaemonTest {
     return const_cast<DurabilityTest*>(this)->daemon().state_dir();
   }
 
+  // Where the daemon pins a replaced inner map until its drain is durable.
+  std::string drain_pin(const std::string& map, const std::string& slot_hex, uint64_t installed_by,
+                        uint32_t id) {
+    return core::PinPaths(pin_dir()).drain_pin(map, slot_hex, installed_by, id);
+  }
+
   // Names under <pin_dir>/_drain.
   std::vector<std::string> drain_pins() {
     std::vector<std::string> names;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(pin_dir() + "/_drain", ec)) {
+    for (const auto& e : fs::directory_iterator(core::PinPaths(pin_dir()).drain_dir(), ec)) {
       names.push_back(e.path().filename());
     }
     return names;
@@ -161,7 +168,7 @@ void unpin_everything(const std::string& dir) {
   }
 }
 
-TEST_F(DurabilityTest, RestartKeepsGenerationIdsHistoryAndRequestIds) {
+TEST_F(DurabilityTest, G8_G9_RestartKeepsGenerationIdsHistoryAndRequestIds) {
   v1::PushGenerationRequest a = acl_push(0, {{"10.0.0.0/8", 1}}, "a");
   a.set_request_id("req-a");
   const uint64_t ga = push_ok(a);
@@ -197,7 +204,7 @@ TEST_F(DurabilityTest, RestartKeepsGenerationIdsHistoryAndRequestIds) {
   EXPECT_TRUE(acl_entries(pin_dir(), 0).has_value());
 }
 
-TEST_F(DurabilityTest, RebootRecreatesTheRecordedGenerationBeforeReady) {
+TEST_F(DurabilityTest, G8_RebootRecreatesTheRecordedGenerationBeforeReady) {
   push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
   v1::PushGenerationRequest req = acl_push(3, {{"10.1.0.0/16", 4}, {"10.2.0.0/16", 5}}, "b");
   add_change(req, "ports", fields_slot({{"ifindex", "7"}}),
@@ -227,7 +234,7 @@ TEST_F(DurabilityTest, RebootRecreatesTheRecordedGenerationBeforeReady) {
   EXPECT_EQ(snapshot().at("acl").size(), 2u);
 }
 
-TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
+TEST_F(DurabilityTest, G5_G8_DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
   push_ok(acl_push(kSlot, {{"10.1.2.0/24", 7}}, "a"));
   stop_daemon_expect_clean();
 
@@ -242,8 +249,7 @@ TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
           .ok());
   auto info = kernel::map_info(inner->get());
   ASSERT_TRUE(info.ok());
-  const std::string pin_path =
-      pin_dir() + "/_drain/acl_" + hex(u32le(kSlot)) + "_1_" + std::to_string(info->id);
+  const std::string pin_path = drain_pin("acl", hex(u32le(kSlot)), 1, info->id);
   ASSERT_TRUE(kernel::pin(inner->get(), pin_path).ok());
   inner->reset();
 
@@ -257,9 +263,8 @@ TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
           .ok());
   auto ports_info = kernel::map_info(ports_inner->get());
   ASSERT_TRUE(ports_info.ok());
-  ASSERT_TRUE(kernel::pin(ports_inner->get(), pin_dir() + "/_drain/ports_" + hex(u32le(9)) + "_2_" +
-                                                  std::to_string(ports_info->id))
-                  .ok());
+  ASSERT_TRUE(
+      kernel::pin(ports_inner->get(), drain_pin("ports", hex(u32le(9)), 2, ports_info->id)).ok());
   ports_inner->reset();
 
   restart_daemon();
@@ -275,7 +280,7 @@ TEST_F(DurabilityTest, DrainsLeftPinnedByAnEarlierRunAreFinishedAtStart) {
 
 // That the pins matter shows in the crash loop (with drain pins turned off it loses counts);
 // here: none is left once the drains are durable, and the totals survive a clean restart.
-TEST_F(DurabilityTest, NoDrainPinIsLeftAndDrainedTotalsSurviveARestart) {
+TEST_F(DurabilityTest, G5_G8_NoDrainPinIsLeftAndDrainedTotalsSurviveARestart) {
   SkelPtr skel = load_counter_program();
   ASSERT_NE(skel, nullptr);
   for (uint32_t i = 0; i < 5; ++i) {
@@ -327,7 +332,7 @@ class GroupDurabilityTest : public DurabilityTest {
   }
 };
 
-TEST_F(GroupDurabilityTest, AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBankHoldsIt) {
+TEST_F(GroupDurabilityTest, G7_G8_AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBankHoldsIt) {
   push_group(0);
   push_group(0);  // the first map now sits in the inactive bank only
   // One more commit elsewhere: its record no longer lists the first map among the drained
@@ -347,9 +352,8 @@ TEST_F(GroupDurabilityTest, AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBan
   ASSERT_TRUE(replaced.ok());
   // What the crash left: counts in the replaced map, no record of them, the drain pin.
   ASSERT_TRUE(kernel::update_elem(replaced->get(), u32le(1).data(), u64le(777).data()).ok());
-  ASSERT_TRUE(kernel::pin(replaced->get(), pin_dir() + "/_drain/g_acl_" + hex(u32le(0)) + "_1_" +
-                                               std::to_string((*ks)->map_id))
-                  .ok());
+  ASSERT_TRUE(
+      kernel::pin(replaced->get(), drain_pin("g_acl", hex(u32le(0)), 1, (*ks)->map_id)).ok());
 
   restart_daemon();
   ASSERT_FALSE(HasFatalFailure());
@@ -360,7 +364,7 @@ TEST_F(GroupDurabilityTest, AMapTheFlipReplacedIsDrainedAtStartThoughTheOtherBan
 
 // A state_dir records the maps of one pin_dir: pointing a config with another pin_dir at it
 // is refused, not applied to (or recorded over) the wrong maps.
-TEST_F(DurabilityTest, ARecordIsNeverAppliedToAnotherPinDir) {
+TEST_F(DurabilityTest, G8_ARecordIsNeverAppliedToAnotherPinDir) {
   push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
   stop_daemon_expect_clean();
   std::string yaml;
@@ -387,7 +391,7 @@ TEST_F(DurabilityTest, ARecordIsNeverAppliedToAnotherPinDir) {
   EXPECT_EQ(get_state().generation(), 1u);
 }
 
-TEST_F(DurabilityTest, CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover) {
+TEST_F(DurabilityTest, G8_CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover) {
   push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
   stop_daemon_expect_clean();
   const std::string path = state_file();
@@ -417,7 +421,7 @@ TEST_F(DurabilityTest, CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover
   EXPECT_EQ(get_state().generation(), 1u);
 }
 
-TEST_F(DurabilityTest, DamagedContentsFileAndFlippedByteAreReported) {
+TEST_F(DurabilityTest, G8_DamagedContentsFileAndFlippedByteAreReported) {
   push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
   stop_daemon_expect_clean();
   const std::string path = state_file();
@@ -527,7 +531,7 @@ TEST_F(DurabilityTest, ReloadRemovesUnlistedMapsWhenAskedAndResizesHistory) {
 // The crash loop (G8): SIGKILL at random moments while pushes stream in and the counter
 // program runs. Every push writes the same action (its sequence number) to three acl slots, so
 // a mix of generations within the map shows as different actions.
-TEST_F(DurabilityTest, SurvivesFiftySigkillsWithoutLosingAGenerationOrACount) {
+TEST_F(DurabilityTest, G5_G8_SurvivesFiftySigkillsWithoutLosingAGenerationOrACount) {
   constexpr int kKills = 50;
   constexpr uint32_t kSlots[] = {kSlot, kSlot + 1, kSlot + 2};
   const uint32_t seed = std::random_device{}();

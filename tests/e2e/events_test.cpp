@@ -183,7 +183,7 @@ TEST_F(EventsTest, PolicyctlWatchPrintsEvents) {
   EXPECT_TRUE(committed) << "no committed event with a pushed label in: " << watch.out;
 }
 
-TEST_F(EventsTest, CountersFromProgramActivityAreLiveThenDrained) {
+TEST_F(EventsTest, G5_CountersFromProgramActivityAreLiveThenDrained) {
   SkelPtr skel = load_programs();
   ASSERT_NE(skel, nullptr);
   const int prog = bpf_program__fd(skel->progs.count_arr_lpm);

@@ -71,11 +71,11 @@ class LifecycleTest : public DaemonTest {
   }
 };
 
-TEST_F(LifecycleTest, SigtermExitsZeroAndPinnedMapsStay) { stop_with(SIGTERM); }
+TEST_F(LifecycleTest, G8_SigtermExitsZeroAndPinnedMapsStay) { stop_with(SIGTERM); }
 
-TEST_F(LifecycleTest, SigintExitsZeroAndPinnedMapsStay) { stop_with(SIGINT); }
+TEST_F(LifecycleTest, G8_SigintExitsZeroAndPinnedMapsStay) { stop_with(SIGINT); }
 
-TEST_F(LifecycleTest, SigtermFinishesInFlightPushes) {
+TEST_F(LifecycleTest, G4_SigtermFinishesInFlightPushes) {
   // Eight clients push as fast as they can, each into its own slot with increasing actions;
   // SIGTERM arrives mid-stream. Every push acked OK must be in the kernel afterwards, and a
   // slot never holds anything but a value some push of its client sent.
@@ -140,7 +140,7 @@ TEST_F(LifecycleTest, SigtermFinishesInFlightPushes) {
   }
 }
 
-TEST_F(LifecycleTest, RestartReadoptsPinnedMapsWithoutTouchingTheDataPlane) {
+TEST_F(LifecycleTest, G8_RestartReadoptsPinnedMapsWithoutTouchingTheDataPlane) {
   push_some();
   const std::map<std::string, uint32_t> outers = outer_ids();
   const KernelSnapshot snap = snapshot();
@@ -219,17 +219,22 @@ TEST_F(LifecycleTest, ReloadRefusesIncompatibleChangesAndTheOldConfigKeepsRunnin
   CmdResult r = ctl({"reload"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
 
-  // acl: 64 -> 32 slots is incompatible with the pinned map: the whole reload is refused.
+  // acl: 64 -> 32 slots and 256 -> 512 inner entries are incompatible with the pinned map: the
+  // whole reload is refused, naming both changes with their old and new values.
   DaemonOptions bad;
   const auto pos = bad.maps_yaml.find("slots: 64");
   ASSERT_NE(pos, std::string::npos);
   bad.maps_yaml.replace(pos, 9, "slots: 32");
+  const auto inner_pos = bad.maps_yaml.find("max_entries: 256");
+  ASSERT_NE(inner_pos, std::string::npos);
+  bad.maps_yaml.replace(inner_pos, 16, "max_entries: 512");
   ASSERT_TRUE(daemon().rewrite_config(bad).ok());
+  const std::vector<std::string> named = {"acl", "slots 64 -> 32", "inner.max_entries 256 -> 512"};
   s = reload_via_api(stub(), &resp);
-  EXPECT_TRUE(has_error(s, grpc::StatusCode::FAILED_PRECONDITION, {"acl", "slots"}));
+  EXPECT_TRUE(has_error(s, grpc::StatusCode::FAILED_PRECONDITION, named));
   r = ctl({"reload"});
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_TRUE(contains_all(r.err, {"acl", "slots"})) << r.err;
+  EXPECT_TRUE(contains_all(r.err, named)) << r.err;
   // A file that does not parse: refused with file:line.
   ASSERT_TRUE(daemon().rewrite_config(DaemonOptions{}).ok());
   {
@@ -258,8 +263,8 @@ TEST_F(LifecycleTest, ReloadRefusesIncompatibleChangesAndTheOldConfigKeepsRunnin
   ASSERT_TRUE(daemon().rewrite_config(DaemonOptions{}).ok());  // a clean file for teardown
 }
 
-// DESIGN.md (Interfaces, Reload): "new maps are created; removed maps are kept unless the config
-// says to remove them".
+// ReloadConfigResponse (proto/policyd/v1/policyd.proto): new maps are created; maps no longer
+// in the file are kept unless remove_unlisted_maps says to remove them.
 TEST_F(LifecycleTest, ReloadCreatesNewMapsAndKeepsUnlistedOnes) {
   push_some();
   std::unique_ptr<EventWatch> watch = synced_watch();

@@ -208,7 +208,7 @@ class XdpAclTest : public DaemonTest {
   kernel::UniqueFd stats_fd_;
 };
 
-TEST_F(XdpAclTest, VerdictsFollowEachAckAndCountersAddUpExactly) {
+TEST_F(XdpAclTest, G4_G5_VerdictsFollowEachAckAndCountersAddUpExactly) {
   attach({"--default", "pass"});
   ASSERT_FALSE(HasFatalFailure());
   // Generation 1 (pass) before any traffic, so that every datagram matches a rule.

@@ -265,7 +265,7 @@ TEST_F(ApiServiceTest, TypedHashSlotAndPerCpuDump) {
   EXPECT_EQ(state.maps(1).live_slots(0).slot().key(), std::string("\x07\0\0\0", 4));
 }
 
-TEST_F(ApiServiceTest, CountersAreDrainedPlusLive) {
+TEST_F(ApiServiceTest, G5_CountersAreDrainedPlusLive) {
   v1::PushGenerationResponse pushed;
   ASSERT_TRUE(push(acl_push(0, {{1, 1}}), &pushed).ok());
   bump_hits(0, 1, 5);
@@ -352,7 +352,7 @@ TEST_F(ApiServiceTest, ErrorsReachTheClientWithTheirCodes) {
   EXPECT_EQ(stub_->Rollback(ctx().get(), rb, &rolled).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
-TEST_F(ApiServiceTest, IdempotentRetryIsReplayed) {
+TEST_F(ApiServiceTest, G9_IdempotentRetryIsReplayed) {
   v1::PushGenerationRequest req = acl_push(0, {{1, 1}});
   req.set_request_id("once");
   v1::PushGenerationResponse first, again;
@@ -549,7 +549,7 @@ TEST_F(ApiServiceTest, ReloadFailureKeepsItsCode) {
   EXPECT_EQ(st.error_message(), "maps[0].inner.type: map \"acl\" cannot change type");
 }
 
-TEST_F(ApiServiceTest, LaggingWatcherIsDropped) {
+TEST_F(ApiServiceTest, G6_LaggingWatcherIsDropped) {
   auto c = ctx();
   auto reader = stub_->WatchEvents(c.get(), {});
   reader->WaitForInitialMetadata();

@@ -263,7 +263,7 @@ INSTANTIATE_TEST_SUITE_P(Strategies, EngineCommitTest,
 
 // --- G1 ------------------------------------------------------------------------------------
 
-TEST_P(EngineCommitTest, InvalidGenerationCreatesNoMapAndChangesNothing) {
+TEST_P(EngineCommitTest, G1_InvalidGenerationCreatesNoMapAndChangesNothing) {
   const std::set<std::string> names = {"g1arr", "g1hash"};
   auto opened = Engine::open(config({array_outer("g1arr", 8), hash_outer("g1hash", 8)}));
   ASSERT_OK(opened);
@@ -359,7 +359,7 @@ TEST_P(EngineCommitTest, InvalidGenerationCreatesNoMapAndChangesNothing) {
 
 // --- G2 ------------------------------------------------------------------------------------
 
-TEST_P(EngineCommitTest, HashOuterOverflowHalfWayIsUndone) {
+TEST_P(EngineCommitTest, G2_HashOuterOverflowHalfWayIsUndone) {
   const std::set<std::string> names = {"g2full"};
   auto opened = Engine::open(config({hash_outer("g2full", 4)}));
   ASSERT_OK(opened);
@@ -431,7 +431,7 @@ TEST_P(EngineCommitTest, HashOuterOverflowHalfWayIsUndone) {
   EXPECT_EQ((*drained3)[0].map_id, pinned_before.at(key(2)));
 }
 
-TEST_P(EngineCommitTest, FailureInSecondOuterMapUndoesTheFirst) {
+TEST_P(EngineCommitTest, G2_FailureInSecondOuterMapUndoesTheFirst) {
   const std::set<std::string> names = {"g2first", "g2second"};
   auto opened = Engine::open(config({array_outer("g2first", 8), hash_outer("g2second", 2)}));
   ASSERT_OK(opened);
@@ -482,7 +482,7 @@ TEST_P(EngineCommitTest, FailureInSecondOuterMapUndoesTheFirst) {
 
 // --- G3 ------------------------------------------------------------------------------------
 
-TEST_P(EngineCommitTest, SixtyFourSlotsInFourOuterMapsTakeOneRound) {
+TEST_P(EngineCommitTest, G3_SixtyFourSlotsInFourOuterMapsTakeOneRound) {
   std::vector<OuterMapConfig> maps;
   for (int m = 0; m < 4; ++m) maps.push_back(array_outer("g3m" + std::to_string(m), 16));
   auto opened = Engine::open(config(maps));
@@ -523,7 +523,7 @@ TEST_P(EngineCommitTest, SixtyFourSlotsInFourOuterMapsTakeOneRound) {
   EXPECT_EQ(drained->size(), 64u);
 }
 
-TEST_P(EngineCommitTest, GroupCommitOfEightGenerationsIsOneRoundAndLastWins) {
+TEST_P(EngineCommitTest, G3_GroupCommitOfEightGenerationsIsOneRoundAndLastWins) {
   const std::string map = "g3batch";
   auto opened = Engine::open(config({array_outer(map, 16)}));
   ASSERT_OK(opened);
@@ -634,7 +634,7 @@ TEST_P(EngineCommitTest, GroupCommitOfEightGenerationsIsOneRoundAndLastWins) {
 
 // --- G6 ------------------------------------------------------------------------------------
 
-TEST_F(EngineTest, ThousandGenerationsLeakNoMapAndNoFd) {
+TEST_F(EngineTest, G6_ThousandGenerationsLeakNoMapAndNoFd) {
   const std::set<std::string> names = {"g6leak_a", "g6leak_b"};
   auto opened = Engine::open(config({array_outer("g6leak_a", 8), hash_outer("g6leak_b", 8)}));
   ASSERT_OK(opened);
@@ -674,7 +674,7 @@ TEST_F(EngineTest, ThousandGenerationsLeakNoMapAndNoFd) {
 
 // --- Adoption (G8, restart with maps pinned) -----------------------------------------------
 
-TEST_P(EngineCommitTest, ReopenAdoptsPinnedMapsWithoutTouchingTheDataPlane) {
+TEST_P(EngineCommitTest, G8_ReopenAdoptsPinnedMapsWithoutTouchingTheDataPlane) {
   const std::vector<OuterMapConfig> maps = {array_outer("adopt_arr", 8),
                                             hash_outer("adopt_hash", 8)};
   std::map<Bytes, uint32_t> arr_ids, hash_ids, pinned_arr, pinned_hash;
@@ -779,18 +779,18 @@ class EngineAdoptMismatchTest : public EngineTest {
   std::map<Bytes, uint32_t> slots_before_;
 };
 
-TEST_F(EngineAdoptMismatchTest, RefusesDifferentSlotCount) {
-  expect_refused(array_outer("mm", 16), {"it has 8 slots"});
+TEST_F(EngineAdoptMismatchTest, G8_RefusesDifferentSlotCount) {
+  expect_refused(array_outer("mm", 16), {"slots 8 -> 16"});
 }
 
-TEST_F(EngineAdoptMismatchTest, RefusesDifferentOuterType) {
-  expect_refused(hash_outer("mm", 8), {"it is array_of_maps"});
+TEST_F(EngineAdoptMismatchTest, G8_RefusesDifferentOuterType) {
+  expect_refused(hash_outer("mm", 8), {"type array_of_maps -> hash_of_maps"});
 }
 
-TEST_F(EngineAdoptMismatchTest, RefusesInnerMapOfWrongValueSize) {
+TEST_F(EngineAdoptMismatchTest, G8_RefusesInnerMapOfWrongValueSize) {
   OuterMapConfig changed = array_outer("mm", 8);
   changed.inner = hash_inner(24);
-  expect_refused(changed, {"map \"mm\" slot 0", "value size 16"});
+  expect_refused(changed, {"map \"mm\" slot 0", "inner.value_size 16 -> 24"});
 }
 
 // --- Full hash outer maps: deletes and inserts in one round ---------------------------------
@@ -824,7 +824,7 @@ TEST_P(EngineCommitTest, SwappingKeysOfAFullHashOuterMapSucceeds) {
   }
 }
 
-TEST_P(EngineCommitTest, UndoRestoresAFullHashOuterMapThatLostAKey) {
+TEST_P(EngineCommitTest, G2_UndoRestoresAFullHashOuterMapThatLostAKey) {
   // Full map {1,2,3,4}; the generation deletes 4 and adds 5 and 6 (5 slots: E2BIG). When the
   // delete and the add of 5 were applied, undo must delete 5 and re-insert 4; if it re-inserts
   // first, the map is full and 4 is lost: the data plane holds neither generation (G2).
@@ -857,7 +857,7 @@ TEST_P(EngineCommitTest, UndoRestoresAFullHashOuterMapThatLostAKey) {
 
 // --- Smaller contract issues ------------------------------------------------------------------
 
-TEST_P(EngineCommitTest, UndoneInnerMapsDrainAsNeverCommitted) {
+TEST_P(EngineCommitTest, G2_UndoneInnerMapsDrainAsNeverCommitted) {
   // A map a failed commit installed for a moment and then undid was never committed: its drain
   // record must not claim a generation id (model.h: installed_by 0 = "adopted or never
   // committed"); that id is handed to the next generation that does commit.

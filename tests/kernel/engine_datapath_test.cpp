@@ -169,7 +169,7 @@ class EngineDatapathTest : public ::testing::TestWithParam<Param> {
   int prog_fd_ = -1;
 };
 
-TEST_P(EngineDatapathTest, EveryCommitIsVisibleToPrograms) {
+TEST_P(EngineDatapathTest, G4_EveryCommitIsVisibleToPrograms) {
   std::optional<uint32_t> previous_id;
   for (uint32_t action = 1; action <= 6; ++action) {
     auto report = engine_->push(replace(action));
@@ -199,7 +199,7 @@ TEST_P(EngineDatapathTest, EveryCommitIsVisibleToPrograms) {
   EXPECT_EQ(engine_->pending_drains(), 0u);
 }
 
-TEST_P(EngineDatapathTest, DrainReturnsReplacedEntriesAndCounterSums) {
+TEST_P(EngineDatapathTest, G5_DrainReturnsReplacedEntriesAndCounterSums) {
   auto first = engine_->push(replace(7));
   ASSERT_TRUE(first.ok()) << first.error().message();
   const uint32_t first_id = engine_slot().value().map_id;
@@ -279,7 +279,7 @@ TEST_P(EngineDatapathTest, DrainReturnsReplacedEntriesAndCounterSums) {
   EXPECT_EQ(skel_->bss->misses, 0u);
 }
 
-TEST_P(EngineDatapathTest, DeletedSlotMisses) {
+TEST_P(EngineDatapathTest, G4_DeletedSlotMisses) {
   auto first = engine_->push(replace(11));
   ASSERT_TRUE(first.ok()) << first.error().message();
   expect_hit(11);

@@ -75,7 +75,7 @@ class EngineDrainTest : public ::testing::TestWithParam<Param> {
   int prog_fd_ = -1;
 };
 
-TEST_P(EngineDrainTest, DrainedPlusLiveCountersEqualRunsUnderLoad) {
+TEST_P(EngineDrainTest, G5_DrainedPlusLiveCountersEqualRunsUnderLoad) {
   auto first = engine_->push(slot0(1));
   ASSERT_TRUE(first.ok()) << first.error().message();
 
@@ -129,7 +129,7 @@ INSTANTIATE_TEST_SUITE_P(
 // proves the accounting above would notice, without depending on timing.
 class NaiveDrainControlTest : public BpfTest {};
 
-TEST_F(NaiveDrainControlTest, ReadingBeforeTheSwapLosesCounts) {
+TEST_F(NaiveDrainControlTest, G5_ReadingBeforeTheSwapLosesCounts) {
   SkelPtr skel = load_skeleton({});  // libbpf creates arr_hash itself
   ASSERT_NE(skel, nullptr);
   const int outer = bpf_map__fd(skel->maps.arr_hash);

@@ -168,7 +168,7 @@ class EngineGroupTest : public ::testing::TestWithParam<BarrierMode> {
   int prog_fd_ = -1;
 };
 
-TEST_P(EngineGroupTest, ProgramsNeverSeeAMixedCut) {
+TEST_P(EngineGroupTest, G7_ProgramsNeverSeeAMixedCut) {
   auto first = engine_->push(both(1));
   ASSERT_TRUE(first.ok()) << first.error().message();
   auto verdict = run_xdp(prog_fd_, 1);
@@ -246,7 +246,7 @@ TEST_P(EngineGroupTest, ProgramsNeverSeeAMixedCut) {
 // the newly active bank must carry every unchanged slot over from the old one. Were it to keep
 // the contents it had two generations ago, grpx and grpy would still agree with each other
 // (check_group could not tell), but programs would go back in time: the kernel view catches it.
-TEST_P(EngineGroupTest, UnchangedSlotsFollowTheFlip) {
+TEST_P(EngineGroupTest, G7_UnchangedSlotsFollowTheFlip) {
   auto only_x_slot1 = [](uint32_t action) {
     return generation({replace_slot("grpx", 1, {Entry{u32_bytes(0), value_bytes(action, 0)}})},
                       "x1 " + std::to_string(action));
@@ -300,7 +300,7 @@ INSTANTIATE_TEST_SUITE_P(Strategies, EngineGroupTest,
 // mismatches == 0 above could just mean the check never looks.
 class GroupMixControlTest : public BpfTest {};
 
-TEST_F(GroupMixControlTest, SeparateWritesShowAMixedCut) {
+TEST_F(GroupMixControlTest, G7_SeparateWritesShowAMixedCut) {
   SkelPtr skel = load_skeleton({});  // libbpf creates the group maps; the bank word is 0 (A)
   ASSERT_NE(skel, nullptr);
   const int x = bpf_map__fd(skel->maps.grpx_a);

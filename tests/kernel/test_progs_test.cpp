@@ -193,7 +193,7 @@ TEST_F(LoadedTestProgsTest, EveryInnerTypeIsFoundThroughItsOuterMap) {
   EXPECT_EQ(hits, 1u);
 }
 
-TEST_F(LoadedTestProgsTest, CheckGroupFollowsTheBankWord) {
+TEST_F(LoadedTestProgsTest, G7_CheckGroupFollowsTheBankWord) {
   // Bank a holds generation 1 in both members; bank b holds generation 2 in grpx only.
   std::vector<UniqueFd> inners;
   auto add = [&](bpf_map* outer_map, uint32_t action) {

@@ -1,4 +1,4 @@
-// api/: the error -> status table, proto -> core conversion (typed and raw fields, slot refs,
+// api/convert: proto -> core conversion (typed and raw fields, slot refs,
 // field paths in errors, limits, streamed pushes) and core -> proto conversion. No kernel.
 #include <gtest/gtest.h>
 
@@ -65,41 +65,6 @@ Error convert_error(const v1::PushGenerationRequest& req, const config::DaemonCo
   Result<core::PushRequest> r = to_push_request(req, cfg);
   if (r.ok()) return Error{ErrorCode::kInternal, 0, "(converted)"};
   return r.error();
-}
-
-// ---- status table
-
-TEST(StatusTest, EveryErrorCodeHasItsStatus) {
-  const std::pair<ErrorCode, grpc::StatusCode> table[] = {
-      {ErrorCode::kInvalidArgument, grpc::StatusCode::INVALID_ARGUMENT},
-      {ErrorCode::kFailedPrecondition, grpc::StatusCode::FAILED_PRECONDITION},
-      {ErrorCode::kResourceExhausted, grpc::StatusCode::RESOURCE_EXHAUSTED},
-      {ErrorCode::kPermissionDenied, grpc::StatusCode::PERMISSION_DENIED},
-      {ErrorCode::kNotFound, grpc::StatusCode::NOT_FOUND},
-      {ErrorCode::kUnavailable, grpc::StatusCode::UNAVAILABLE},
-      {ErrorCode::kInternal, grpc::StatusCode::INTERNAL},
-  };
-  for (auto [code, status] : table) {
-    EXPECT_EQ(to_grpc_code(code), status) << to_string(code);
-    grpc::Status s = to_grpc_status(Error{code, 0, "what failed"});
-    EXPECT_EQ(s.error_code(), status);
-    EXPECT_EQ(s.error_message(), "what failed");
-  }
-}
-
-TEST(StatusTest, MessageCarriesErrnoText) {
-  grpc::Status s = to_grpc_status(sys_error(EBADF, "update outer map \"acl\""));
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INTERNAL);
-  EXPECT_EQ(s.error_message(), std::string("update outer map \"acl\": ") + std::strerror(EBADF));
-  // The code follows the error's code, not a guess from the errno.
-  EXPECT_EQ(to_grpc_status(sys_error(EPERM, "x")).error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
-}
-
-TEST(StatusTest, OkStatusIsOk) {
-  EXPECT_TRUE(to_grpc_status(Status{}).ok());
-  EXPECT_EQ(to_grpc_status(Status(invalid_argument("x"))).error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 // ---- proto -> core
@@ -177,7 +142,7 @@ TEST(ConvertPushTest, HashSlotsByKeyOrFields) {
   EXPECT_EQ(r->generation.changes[1].slot, bytes({4, 0, 0, 0}));
 }
 
-TEST(ConvertPushTest, UnknownMapNamesTheChange) {
+TEST(ConvertPushTest, G1_UnknownMapNamesTheChange) {
   auto cfg = test_config();
   v1::PushGenerationRequest req;
   add_change(req, "acl")->mutable_slot()->set_index(0);
@@ -188,7 +153,7 @@ TEST(ConvertPushTest, UnknownMapNamesTheChange) {
   EXPECT_EQ(to_grpc_status(e).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
-TEST(ConvertPushTest, BadValueFieldNamesEntryAndField) {
+TEST(ConvertPushTest, G1_BadValueFieldNamesEntryAndField) {
   auto cfg = test_config();
   v1::PushGenerationRequest req;
   v1::SlotChange* c = add_change(req, "acl");
@@ -206,7 +171,7 @@ TEST(ConvertPushTest, BadValueFieldNamesEntryAndField) {
             "range (max 255)");
 }
 
-TEST(ConvertPushTest, FieldErrors) {
+TEST(ConvertPushTest, G1_FieldErrors) {
   auto cfg = test_config();
   struct Case {
     const char* name;
@@ -262,7 +227,7 @@ TEST(ConvertPushTest, FieldErrors) {
   }
 }
 
-TEST(ConvertPushTest, SlotErrors) {
+TEST(ConvertPushTest, G1_SlotErrors) {
   auto cfg = test_config();
   struct Case {
     const char* map;
@@ -314,7 +279,7 @@ TEST(ConvertPushTest, SizesAndRangesAreLeftToCoreValidation) {
   EXPECT_TRUE(to_push_request(req, cfg).ok());
 }
 
-TEST(ConvertPushTest, EntryLimitIsResourceExhausted) {
+TEST(ConvertPushTest, G6_EntryLimitIsResourceExhausted) {
   auto cfg = test_config();  // max_entries_per_push: 6
   v1::PushGenerationRequest req;
   for (int slot = 0; slot < 2; ++slot) {
@@ -417,7 +382,7 @@ TEST(PushAssemblerTest, HeaderCannotChangeMidStream) {
       << st.error().message();
 }
 
-TEST(PushAssemblerTest, EntryLimitSpansMessages) {
+TEST(PushAssemblerTest, G6_EntryLimitSpansMessages) {
   auto cfg = test_config();
   PushAssembler a(cfg);
   for (int m = 0; m < 3; ++m) {

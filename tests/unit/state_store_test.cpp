@@ -61,7 +61,7 @@ class StateStoreTest : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(StateStoreTest, NoRecordOnFirstStart) {
+TEST_F(StateStoreTest, G8_NoRecordOnFirstStart) {
   auto store = open();
   ASSERT_NE(store, nullptr);
   auto loaded = store->load();
@@ -69,7 +69,7 @@ TEST_F(StateStoreTest, NoRecordOnFirstStart) {
   EXPECT_FALSE(loaded->has_value());
 }
 
-TEST_F(StateStoreTest, RecordAndContentsRoundTrip) {
+TEST_F(StateStoreTest, G8_RecordAndContentsRoundTrip) {
   auto store = open();
   ASSERT_NE(store, nullptr);
   auto digest = store->put_contents(entries(7), 4, 8);
@@ -101,7 +101,7 @@ TEST_F(StateStoreTest, RecordAndContentsRoundTrip) {
   EXPECT_EQ(*again, *digest);
 }
 
-TEST_F(StateStoreTest, EveryKindOfDamageIsReportedWithTheWayToRecover) {
+TEST_F(StateStoreTest, G8_EveryKindOfDamageIsReportedWithTheWayToRecover) {
   auto store = open();
   ASSERT_NE(store, nullptr);
   auto digest = store->put_contents(entries(1), 4, 8);
@@ -147,7 +147,7 @@ TEST_F(StateStoreTest, EveryKindOfDamageIsReportedWithTheWayToRecover) {
   EXPECT_NE(r.error().context.find(contents), std::string::npos) << r.error().context;
 }
 
-TEST_F(StateStoreTest, ASecondDaemonOnTheSameDirectoryIsRefused) {
+TEST_F(StateStoreTest, G8_ASecondDaemonOnTheSameDirectoryIsRefused) {
   auto first = open();
   ASSERT_NE(first, nullptr);
   auto second = StateStore::open(dir_ + "/state");
@@ -157,7 +157,7 @@ TEST_F(StateStoreTest, ASecondDaemonOnTheSameDirectoryIsRefused) {
   EXPECT_TRUE(StateStore::open(dir_ + "/state").ok()) << "the lock outlived its holder";
 }
 
-TEST_F(StateStoreTest, ContentsNoGenerationNamesAreRemovedButPendingOnesStay) {
+TEST_F(StateStoreTest, G6_G8_ContentsNoGenerationNamesAreRemovedButPendingOnesStay) {
   auto store = open();
   ASSERT_NE(store, nullptr);
   auto a = store->put_contents(entries(1), 4, 8);
@@ -181,7 +181,7 @@ TEST_F(StateStoreTest, ContentsNoGenerationNamesAreRemovedButPendingOnesStay) {
 
 // A push whose contents a recorded generation already has finds the file on disk; a later
 // record that drops that generation must not delete the file while the push is in flight.
-TEST_F(StateStoreTest, AFileFoundOnDiskIsHeldForThePushThatFoundIt) {
+TEST_F(StateStoreTest, G8_AFileFoundOnDiskIsHeldForThePushThatFoundIt) {
   auto store = open();
   ASSERT_NE(store, nullptr);
   auto a = store->put_contents(entries(1), 4, 8);
@@ -205,7 +205,7 @@ TEST_F(StateStoreTest, AFileFoundOnDiskIsHeldForThePushThatFoundIt) {
 
 // Writing a record never deletes contents: only collect_garbage() does, with the record that
 // stays (a commit that fails puts the previous record back).
-TEST_F(StateStoreTest, WritingARecordDeletesNothing) {
+TEST_F(StateStoreTest, G8_WritingARecordDeletesNothing) {
   auto store = open();
   ASSERT_NE(store, nullptr);
   auto a = store->put_contents(entries(1), 4, 8);
@@ -219,7 +219,7 @@ TEST_F(StateStoreTest, WritingARecordDeletesNothing) {
   EXPECT_TRUE(fs::exists(dir + digest_hex(*b)));
 }
 
-TEST_F(StateStoreTest, TempFilesACrashLeftAreRemovedAtOpen) {
+TEST_F(StateStoreTest, G6_G8_TempFilesACrashLeftAreRemovedAtOpen) {
   {
     auto store = open();
     ASSERT_NE(store, nullptr);

@@ -1,5 +1,6 @@
-// The barrier-strategy table of DESIGN.md, row by row, with synthetic probe results: what
-// core::choose_strategy picks for each kind of kernel, and that an explicit mode always wins.
+// The barrier-strategy table of DESIGN.md (Barrier strategies and kernel behaviour), row by row,
+// with synthetic probe results: what core::choose_strategy picks for each kind of kernel, and that
+// an explicit mode always wins.
 #include <gtest/gtest.h>
 
 #include "core/engine.h"
@@ -45,14 +46,6 @@ TEST(ChooseStrategy, ExplicitModeOverridesTheProbe) {
       EXPECT_EQ(choose_strategy(BarrierMode::kConcurrent, f), Strategy::kConcurrent);
     }
   }
-}
-
-TEST(ParseKernelRelease, ReadsMajorAndMinor) {
-  int major = 0, minor = 0;
-  ASSERT_TRUE(kernel::parse_kernel_release("6.18.44-fc-v657", &major, &minor));
-  EXPECT_EQ(major, 6);
-  EXPECT_EQ(minor, 18);
-  EXPECT_FALSE(kernel::parse_kernel_release("linux", &major, &minor));
 }
 
 }  // namespace

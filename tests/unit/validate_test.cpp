@@ -89,7 +89,7 @@ void expect_invalid(const Status& st, const std::vector<std::string>& fragments)
 
 // --- validate_generation -------------------------------------------------------------------
 
-TEST(ValidateGeneration, AcceptsAValidGeneration) {
+TEST(ValidateGeneration, G1_AcceptsAValidGeneration) {
   Generation gen;
   gen.label = "v1";
   gen.changes.push_back(replace("acl", 0, entries(16)));  // exactly max_entries
@@ -107,39 +107,39 @@ TEST(ValidateGeneration, AcceptsAValidGeneration) {
   EXPECT_TRUE(st.ok()) << st.error().message();
 }
 
-TEST(ValidateGeneration, RefusesEmptyGeneration) {
+TEST(ValidateGeneration, G1_RefusesEmptyGeneration) {
   expect_invalid(validate_generation(Generation{}, configs()), {"generation has no changes"});
 }
 
-TEST(ValidateGeneration, RefusesUnknownMap) {
+TEST(ValidateGeneration, G1_RefusesUnknownMap) {
   Generation gen;
   gen.changes.push_back(replace("acl", 0, entries(1)));
   gen.changes.push_back(replace("nope", 0, entries(1)));
   expect_invalid(validate_generation(gen, configs()), {"changes[1]", "unknown map \"nope\""});
 }
 
-TEST(ValidateGeneration, RefusesArraySlotOutOfRange) {
+TEST(ValidateGeneration, G1_RefusesArraySlotOutOfRange) {
   Generation gen;
   gen.changes.push_back(replace("acl", 8, entries(1)));
   expect_invalid(validate_generation(gen, configs()),
                  {"changes[0]", "slot 8 is out of range", "map \"acl\" has 8 slots"});
 }
 
-TEST(ValidateGeneration, RefusesArraySlotKeyOfWrongSize) {
+TEST(ValidateGeneration, G1_RefusesArraySlotKeyOfWrongSize) {
   Generation gen;
   gen.changes.push_back(SlotChange{"acl", Bytes{1, 0}, false, entries(1)});
   expect_invalid(validate_generation(gen, configs()),
                  {"changes[0]", "array slot key must be 4 bytes, got 2"});
 }
 
-TEST(ValidateGeneration, RefusesHashSlotKeyOfWrongSize) {
+TEST(ValidateGeneration, G1_RefusesHashSlotKeyOfWrongSize) {
   Generation gen;
   gen.changes.push_back(SlotChange{"hosts", Bytes{1, 2, 3}, false, entries(1)});
   expect_invalid(validate_generation(gen, configs()),
                  {"changes[0]", "slot key is 3 bytes", "map \"hosts\" uses 4"});
 }
 
-TEST(ValidateGeneration, RefusesSameSlotChangedTwice) {
+TEST(ValidateGeneration, G1_RefusesSameSlotChangedTwice) {
   Generation gen;
   gen.changes.push_back(replace("acl", 3, entries(1)));
   gen.changes.push_back(replace("acl", 4, entries(1)));
@@ -148,7 +148,7 @@ TEST(ValidateGeneration, RefusesSameSlotChangedTwice) {
                  {"changes[2]", "map \"acl\" slot 3", "already changed by changes[0]"});
 }
 
-TEST(ValidateGeneration, SameSlotIndexInDifferentMapsIsNotADuplicate) {
+TEST(ValidateGeneration, G1_SameSlotIndexInDifferentMapsIsNotADuplicate) {
   Generation gen;
   gen.changes.push_back(replace("acl", 3, entries(1)));
   gen.changes.push_back(replace("idx", 3, entries(1)));
@@ -156,14 +156,14 @@ TEST(ValidateGeneration, SameSlotIndexInDifferentMapsIsNotADuplicate) {
   EXPECT_TRUE(st.ok()) << st.error().message();
 }
 
-TEST(ValidateGeneration, RefusesDeleteWithEntries) {
+TEST(ValidateGeneration, G1_RefusesDeleteWithEntries) {
   Generation gen;
   gen.changes.push_back(SlotChange{"acl", u32_bytes(1), true, entries(1)});
   expect_invalid(validate_generation(gen, configs()),
                  {"changes[0]", "map \"acl\" slot 1", "a delete carries no entries"});
 }
 
-TEST(ValidateGeneration, RefusesTooManyEntries) {
+TEST(ValidateGeneration, G1_RefusesTooManyEntries) {
   Generation gen;
   gen.changes.push_back(replace("acl", 1, entries(17)));
   expect_invalid(
@@ -171,7 +171,7 @@ TEST(ValidateGeneration, RefusesTooManyEntries) {
       {"changes[0]", "map \"acl\" slot 1", "17 entries", "the inner map holds at most 16"});
 }
 
-TEST(ValidateGeneration, RefusesWrongKeySize) {
+TEST(ValidateGeneration, G1_RefusesWrongKeySize) {
   Generation gen;
   std::vector<Entry> es = entries(3);
   es[2].key = Bytes{1, 2, 3};
@@ -182,7 +182,7 @@ TEST(ValidateGeneration, RefusesWrongKeySize) {
       {"changes[1]", "map \"acl\" slot 5", "entry 2", "key is 3 bytes", "the map's key is 4"});
 }
 
-TEST(ValidateGeneration, RefusesWrongValueSize) {
+TEST(ValidateGeneration, G1_RefusesWrongValueSize) {
   Generation gen;
   std::vector<Entry> es = entries(2);
   es[1].value.resize(12);
@@ -192,7 +192,7 @@ TEST(ValidateGeneration, RefusesWrongValueSize) {
                   "the map's value is 16"});
 }
 
-TEST(ValidateGeneration, RefusesArrayInnerIndexAtMaxEntries) {
+TEST(ValidateGeneration, G1_RefusesArrayInnerIndexAtMaxEntries) {
   Generation gen;
   gen.changes.push_back(
       replace("idx", 2, {{u32_bytes(15), value16(1)}, {u32_bytes(16), value16(2)}}));
@@ -201,7 +201,7 @@ TEST(ValidateGeneration, RefusesArrayInnerIndexAtMaxEntries) {
                   "max_entries 16"});
 }
 
-TEST(ValidateGeneration, RefusesLpmPrefixLengthTooLong) {
+TEST(ValidateGeneration, G1_RefusesLpmPrefixLengthTooLong) {
   Generation gen;
   gen.changes.push_back(replace(
       "nets", 4, {{lpm4(32, 10, 0, 0, 1), value16(1)}, {lpm4(33, 10, 0, 0, 2), value16(2)}}));
@@ -210,7 +210,7 @@ TEST(ValidateGeneration, RefusesLpmPrefixLengthTooLong) {
       {"changes[0]", "map \"nets\" slot 4", "entry 1", "prefix length 33", "exceeds 32 bits"});
 }
 
-TEST(ValidateGeneration, RefusesDuplicateKeys) {
+TEST(ValidateGeneration, G1_RefusesDuplicateKeys) {
   Generation gen;
   std::vector<Entry> es = entries(4);
   es[3].key = u32_bytes(1);
@@ -220,7 +220,7 @@ TEST(ValidateGeneration, RefusesDuplicateKeys) {
       {"changes[0]", "map \"acl\" slot 6", "entry 3", "duplicate key 01000000", "same as entry 1"});
 }
 
-TEST(ValidateGeneration, RefusesLpmKeysThatDifferOnlyPastThePrefix) {
+TEST(ValidateGeneration, G1_RefusesLpmKeysThatDifferOnlyPastThePrefix) {
   // 10.0.0.0/8 and 10.1.2.3/8 are the same trie entry: the kernel ignores host bits.
   Generation gen;
   gen.changes.push_back(replace("nets", 1,
@@ -232,7 +232,7 @@ TEST(ValidateGeneration, RefusesLpmKeysThatDifferOnlyPastThePrefix) {
       {"changes[0]", "map \"nets\" slot 1", "entry 2", "duplicate key", "same as entry 0"});
 }
 
-TEST(ValidateGeneration, LpmHostBitsInsideAByteAreMasked) {
+TEST(ValidateGeneration, G1_LpmHostBitsInsideAByteAreMasked) {
   // /12 keeps the high nibble of the second byte: 10.16.x.x and 10.31.x.x are the same /12.
   Generation dup;
   dup.changes.push_back(replace(
