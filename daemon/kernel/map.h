@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kernel/map_types.h"
 #include "kernel/unique_fd.h"
 #include "util/result.h"
 
