@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the initramfs that tests/vm/run.sh builds (busybox-static and the kernel's modules).
 # Mounts the host's / read-only over 9p (tag "lower") under a writable overlay, the runner's
 # share (tag "io") at /policyd-vm, the API filesystems and bpffs, then either chroots into it
@@ -18,6 +19,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
 mode=chroot
+# shellcheck disable=SC2013  # words, not lines
 for arg in $(cat /proc/cmdline); do
   case "${arg}" in
     policyd_vm.mode=*) mode="${arg#*=}" ;;
@@ -52,6 +54,10 @@ mount -t proc proc "${r}/proc"
 mount -t sysfs sysfs "${r}/sys"
 mount -t devtmpfs devtmpfs "${r}/dev"
 mkdir -p "${r}/dev/pts" "${r}/dev/shm"
+ln -sf /proc/self/fd "${r}/dev/fd"
+ln -sf /proc/self/fd/0 "${r}/dev/stdin"
+ln -sf /proc/self/fd/1 "${r}/dev/stdout"
+ln -sf /proc/self/fd/2 "${r}/dev/stderr"
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts "${r}/dev/pts"
 mount -t tmpfs -o mode=1777 shm "${r}/dev/shm"
 mount -t tmpfs -o mode=0755 run "${r}/run"
