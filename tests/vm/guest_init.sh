@@ -96,7 +96,7 @@ UNIT
   ln -sf policyd-vm.target "${etc}/default.target"
   umount /proc/sys/fs/binfmt_misc 2>/dev/null
   umount /sys /proc
-  exec switch_root "${r}" /lib/systemd/systemd --log-target=kmsg
+  exec switch_root "${r}" /lib/systemd/systemd
 fi
 
 chroot "${r}" /bin/bash /policyd-vm/guest_command.sh chroot

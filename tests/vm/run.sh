@@ -92,7 +92,7 @@ fetch_kernel() {
   log "downloading ${pkg} into ${VM_CACHE}"
   local deb
   (cd "${VM_CACHE}" && apt-get download "${pkg}" >&2) || die "apt-get download ${pkg} failed"
-  deb="$(ls -t "${VM_CACHE}/${pkg}"_*.deb | head -n 1)"
+  deb="$(find "${VM_CACHE}" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)"
   rm -rf "${KERNEL_DIR}"
   dpkg-deb -x "${deb}" "${KERNEL_DIR}" || die "cannot unpack ${deb}"
   touch "${KERNEL_DIR}/.unpacked"
