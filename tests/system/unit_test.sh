@@ -2,6 +2,7 @@
 # The shipped unit under a real service manager (ctest label `system`): on this machine it builds
 # the .deb with `cpack -G DEB`, then boots Debian 12's 6.1 kernel with systemd 252 as PID 1
 # (tests/vm/run.sh --systemd) and, in that guest, installs the .deb with apt and checks:
+#   security   `systemd-analyze security policyd` scores the installed unit 2.5 or better
 #   start      `systemctl start` reaches active, READY=1 only after the maps were created
 #   push       a generation pushed through the installed policyctl lands in the pinned maps
 #   reload     `systemctl reload` keeps the daemon (same PID) active; a bad config is refused
@@ -95,6 +96,16 @@ install_deb() {
   [[ -x /usr/sbin/policyd && -f /lib/systemd/system/policyd.service ]] ||
     [[ -f /usr/lib/systemd/system/policyd.service ]] || fail "the .deb did not install the unit"
   pass "apt installed $(basename "$1")"
+}
+
+# The hardening kept: the installed unit, as the guest's systemd loaded it, scores 2.5 or better.
+check_security() {
+  local score
+  score="$(systemd-analyze security --no-pager policyd.service 2>&1 |
+    sed -n 's/.*Overall exposure level for policyd.service: \([0-9.]*\).*/\1/p')"
+  [[ -n "${score}" ]] || fail "systemd-analyze security printed no score"
+  awk -v s="${score}" 'BEGIN { exit !(s <= 2.5) }' || fail "exposure level ${score}, want <= 2.5"
+  pass "systemd-analyze security: exposure level ${score}"
 }
 
 check_start() {
@@ -235,6 +246,7 @@ in_guest() {
   case "${POLICYD_VM_BOOT}" in
     1)
       install_deb "${BUILD}/system-test/pkg/"*.deb
+      check_security
       check_start
       check_push
       check_reload
