@@ -2,7 +2,9 @@
 #include "core/engine.h"
 
 #include <dirent.h>
+#include <linux/magic.h>
 #include <spdlog/spdlog.h>
+#include <sys/statfs.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -69,6 +71,25 @@ void set_slot(std::map<Bytes, InnerRef>& slots, const Bytes& slot, InnerRef inne
     slots[slot] = std::move(inner);
   else
     slots.erase(slot);
+}
+
+// pin_dir must be on bpffs: otherwise mkdir fails with a bare ENOENT (no /sys/fs/bpf) or the
+// pins fail later. Checks the nearest existing ancestor, since pin_dir may not exist yet.
+Status check_on_bpffs(const std::string& pin_dir) {
+  std::string path = pin_dir;
+  struct statfs fs {};
+  while (::statfs(path.c_str(), &fs) != 0) {
+    if (errno != ENOENT || path.empty() || path == "/") {
+      return sys_error(errno, "statfs " + path + " (for pin_dir " + pin_dir + ")");
+    }
+    const size_t slash = path.find_last_of('/');
+    path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+  }
+  if (static_cast<uint32_t>(fs.f_type) == BPF_FS_MAGIC) return {};
+  return failed_precondition(
+      "pin_dir " + pin_dir + " is not on a bpf filesystem (" + path +
+      " is not on bpffs): mount one with `mount -t bpf bpf /sys/fs/bpf`, or under systemd " +
+      "order the unit after it with RequiresMountsFor=/sys/fs/bpf");
 }
 
 std::string describe(const OuterMapConfig& map, const Bytes& slot) {
@@ -152,6 +173,7 @@ Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
 }
 
 Status Engine::open_maps() {
+  POLICYD_TRY(check_on_bpffs(pins_.dir()));
   POLICYD_TRY(util::make_dirs(pins_.dir()));
   if (config_.drain_pins) POLICYD_TRY(util::make_dirs(pins_.drain_dir()));
   return add_maps(config_.maps);

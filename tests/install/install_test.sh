@@ -77,7 +77,8 @@ check_layout() {
   expect_line "${unit}" '^SupplementaryGroups=policyd$'
   expect_line "${unit}" '^StateDirectory=policyd$'
   expect_line "${unit}" '^RuntimeDirectory=policyd$'
-  expect_line "${unit}" '^ReadWritePaths=/sys/fs/bpf$'
+  expect_line "${unit}" '^BindPaths=-/sys/fs/bpf/policyd$'
+  expect_line "${unit}" '^ExecStartPre=\+/bin/mkdir -p /sys/fs/bpf/policyd$'
   expect_line "${unit}" '^LimitMEMLOCK=infinity$'
 
   # The installed configuration hands the socket to the policyd group and is valid as installed;

@@ -44,30 +44,26 @@
 	((inner_type) == BPF_MAP_TYPE_LPM_TRIE ? BPF_F_NO_PREALLOC : 0)
 
 /*
- * clang (14 at least) emits only a forward declaration for a named struct that a nested
- * inner template reaches through a pointer, and libbpf then cannot size the inner map
- * ("can't determine value size"). Wrapping such a type in an anonymous struct makes clang
- * emit it in full; size and layout are unchanged, and the kernel matches inner maps by
- * sizes and flags, not BTF type ids, so maps created without BTF still fit the template.
- * Scalars stay unwrapped because array maps insist on an integer key type in BTF.
- * 12 and 13 are __builtin_classify_type()'s record and union classes.
+ * The inner template: what every inner map policyd installs in the outer map looks like.
+ *
+ * It gives key and value by size, not by BTF type, so that libbpf creates it without BTF, as
+ * policyd creates its inner maps. Linux 6.1 (Debian 12) refuses an inner map whose BTF
+ * presence differs from the template's: its bpf_map_meta_equal() compares timer_off, which is
+ * -EINVAL for a map created without BTF and -ENOENT for one with BTF but no bpf_timer, so a
+ * __type()d template made every policyd inner map fail with "update element: Invalid
+ * argument". Linux 6.2 replaced that field with a BTF record that is NULL in both cases.
+ * Sizes also sidestep clang 14 emitting only a forward declaration for a struct that the
+ * nested template reaches through a pointer ("can't determine value size" in libbpf).
+ * Lookups through the outer map are verified against these sizes; values in the program
+ * keep their C types.
  */
-#define POLICYD_IS_RECORD_(t)                                  \
-	(__builtin_classify_type(*(__typeof__(t) *)0) == 12 || \
-	 __builtin_classify_type(*(__typeof__(t) *)0) == 13)
-#define POLICYD_BTF_TYPE_(t)                                                            \
-	__typeof__(*__builtin_choose_expr(POLICYD_IS_RECORD_(t),                        \
-					  (struct { __typeof__(t) policyd_field; } *)0, \
-					  (__typeof__(t) *)0))
-
-/* The inner template: what every inner map policyd installs in the outer map looks like. */
 #define POLICYD_INNER(inner_type, key_t, value_t, inner_max, inner_flags) \
 	struct {                                                          \
 		__uint(type, inner_type);                                 \
 		__uint(max_entries, inner_max);                           \
 		__uint(map_flags, inner_flags);                           \
-		__type(key, POLICYD_BTF_TYPE_(key_t));                    \
-		__type(value, POLICYD_BTF_TYPE_(value_t));                \
+		__uint(key_size, sizeof(key_t));                          \
+		__uint(value_size, sizeof(value_t));                      \
 	}
 
 /*
