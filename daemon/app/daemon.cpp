@@ -23,6 +23,7 @@
 #include "app/unix_listener.h"
 #include "core/committer.h"
 #include "core/engine.h"
+#include "core/fd_budget.h"
 #include "core/layout_check.h"
 #include "core/state_store.h"
 #include "metrics/http_server.h"
@@ -227,6 +228,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
   impl->config_path = cfg.path;
   configure_logging(cfg.log_level);
   impl->config = std::make_shared<const config::DaemonConfig>(cfg);
+  // One fd per live inner map: thousands of slots need more than systemd's soft 1,024.
+  Result<core::FdLimit> fd_limit = core::raise_fd_limit();
+  if (!fd_limit.ok()) spdlog::warn("{}", fd_limit.error().message());
 
   // G8: the record in state_dir decides what the data plane holds before anything is served.
   POLICYD_ASSIGN_OR_RETURN(std::unique_ptr<core::StateStore> store,

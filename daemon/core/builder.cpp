@@ -8,6 +8,7 @@
 #include <optional>
 #include <thread>
 
+#include "core/fd_budget.h"
 #include "kernel/map.h"
 #include "util/clock.h"
 
@@ -105,6 +106,14 @@ Result<kernel::UniqueFd> create_inner_map(const OuterMapConfig& map) {
 Result<BuiltGeneration> build_generation(const Generation& gen, const MapConfigs& maps,
                                          util::WorkerPool& pool) {
   POLICYD_TRY(validate_generation(gen, maps));
+  // Every replaced slot gets a new inner map, and policyd keeps its fd: refuse the whole
+  // generation before the first map is created if the fd limit does not allow them all.
+  const size_t new_maps = static_cast<size_t>(std::count_if(
+      gen.changes.begin(), gen.changes.end(), [](const SlotChange& c) { return !c.remove; }));
+  POLICYD_ASSIGN_OR_RETURN(
+      FdReservation fds,
+      reserve_fds(new_maps,
+                  gen.label.empty() ? "this generation" : "generation \"" + gen.label + "\""));
   auto t0 = std::chrono::steady_clock::now();
 
   BuiltGeneration built;
@@ -136,7 +145,7 @@ Result<BuiltGeneration> build_generation(const Generation& gen, const MapConfigs
   }
   pool.run_all(std::move(tasks));
   // On error the maps already built are closed with `built`; nothing reached the data plane.
-  if (first_error) return *first_error;
+  if (first_error) return name_fd_exhaustion(*first_error);
   built.build_ms = util::ms_since(t0);
   return built;
 }

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "core/drain.h"
+#include "core/fd_budget.h"
 #include "core/layout_check.h"
 #include "kernel/map.h"
 #include "util/clock.h"
@@ -298,9 +299,13 @@ Status Engine::adopt_slots(Outer& outer, int bank) {
     std::memcpy(&id, v, sizeof(id));
     found.emplace_back(Bytes(key, key + info.key_size), id);
   }));
+  // Adoption keeps an fd per inner map, like a build: refuse before opening the first one.
+  POLICYD_ASSIGN_OR_RETURN(
+      FdReservation fds, reserve_fds(found.size(), "adopting the " + std::to_string(found.size()) +
+                                                       " slots of map \"" + cfg.name + "\""));
   for (auto& [slot, id] : found) {
     Result<kernel::UniqueFd> fd = kernel::map_fd_by_id(id);
-    if (!fd.ok()) return fd.error().wrap("adopt " + describe(cfg, slot));
+    if (!fd.ok()) return name_fd_exhaustion(fd.error().wrap("adopt " + describe(cfg, slot)));
     POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo inner_info, kernel::map_info(fd->get()));
     const MapLayout found_layout{std::nullopt, existing_inner_shape(inner_info)};
     const std::vector<LayoutDifference> diffs =

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -41,6 +42,20 @@ using Clock = std::chrono::steady_clock;
 
 std::string policyd_bin() { return POLICYD_BIN; }
 std::string policyctl_bin() { return POLICYCTL_BIN; }
+
+std::pair<std::string, std::string> open_files_limit(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/limits");
+  const std::string key = "Max open files";
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) != 0) continue;
+    std::istringstream fields(line.substr(key.size()));
+    std::string soft, hard;
+    fields >> soft >> hard;
+    return {soft, hard};
+  }
+  return {};
+}
 
 std::string default_maps_yaml() {
   return R"(maps:
@@ -334,6 +349,8 @@ Status DaemonProcess::start(std::chrono::milliseconds ready_timeout) {
   std::vector<char*> argv = c_argv(args);
   std::vector<std::string> env = child_environment(options_.env);
   std::vector<char*> envp = c_argv(env);
+  std::optional<rlimit> nofile;
+  if (options_.nofile) nofile = rlimit{options_.nofile->first, options_.nofile->second};
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
@@ -349,6 +366,11 @@ Status DaemonProcess::start(std::chrono::milliseconds ready_timeout) {
     // The daemon must not outlive a crashed test run.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(125);
+    if (nofile && ::setrlimit(RLIMIT_NOFILE, &*nofile) != 0) {
+      static const char kLimitMsg[] = "e2e fixture: setrlimit(RLIMIT_NOFILE) failed\n";
+      (void)!::write(2, kLimitMsg, sizeof(kLimitMsg) - 1);
+      ::_exit(126);
+    }
     ::execve(argv[0], argv.data(), envp.data());
     static const char kMsg[] = "e2e fixture: execv policyd failed\n";
     (void)!::write(2, kMsg, sizeof(kMsg) - 1);

@@ -24,6 +24,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "kernel/map.h"
@@ -76,6 +77,9 @@ struct DaemonOptions {
   std::vector<std::string> env;
   // When not empty, the `metrics` value (a YAML flow map: "{listen: 127.0.0.1:0}").
   std::string metrics_yaml;
+  // When set, the daemon's RLIMIT_NOFILE {soft, hard}, set in the child before exec (as
+  // `prlimit --nofile=soft:hard` or systemd's LimitNOFILE= would).
+  std::optional<std::pair<uint64_t, uint64_t>> nofile;
 };
 
 // The `maps:` section (to the end of the file) of the config file at `path`; empty when the
@@ -110,6 +114,9 @@ struct RunOptions {
 [[nodiscard]] CmdResult run_policyctl(const std::string& socket,
                                       const std::vector<std::string>& args,
                                       const RunOptions& options = {});
+
+// "Max open files" of /proc/<pid>/limits as it shows them: {soft, hard}; empty if unreadable.
+[[nodiscard]] std::pair<std::string, std::string> open_files_limit(pid_t pid);
 
 [[nodiscard]] std::string policyd_bin();
 [[nodiscard]] std::string policyctl_bin();
