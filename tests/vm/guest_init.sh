@@ -61,7 +61,20 @@ ln -sf /proc/self/fd/2 "${r}/dev/stderr"
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts "${r}/dev/pts"
 mount -t tmpfs -o mode=1777 shm "${r}/dev/shm"
 mount -t tmpfs -o mode=0755 run "${r}/run"
+# The guest's /tmp is private, but a command run from a directory under the host's /tmp (a
+# clone in /tmp/x) must still see it: that top directory is bound from the overlay onto the
+# fresh /tmp, writable like the rest of the overlay.
+keep=""
+[ -f /io/keep_dir ] && keep="$(cat /io/keep_dir)"
+if [ -n "${keep}" ]; then
+  mkdir -p /keep
+  mount -o bind "${r}${keep}" /keep || fail "bind ${keep}"
+fi
 mount -t tmpfs -o mode=1777 tmp "${r}/tmp"
+if [ -n "${keep}" ]; then
+  mkdir -p "${r}${keep}"
+  mount --move /keep "${r}${keep}" || fail "move ${keep} onto the private /tmp"
+fi
 mount -t bpf -o mode=0700 bpf "${r}/sys/fs/bpf" || fail "mount bpffs"
 mount -t cgroup2 cgroup2 "${r}/sys/fs/cgroup" || fail "mount cgroup2"
 mkdir -p "${r}/policyd-vm"

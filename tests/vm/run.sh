@@ -176,6 +176,17 @@ write_guest_command() {
   } >"${dir}/command.sh"
 }
 
+# write_keep_dir DIR: when the command runs under /tmp, which the guest replaces with a private
+# tmpfs, names the top directory below /tmp that the guest must keep (guest_init.sh binds it).
+write_keep_dir() {
+  case "${PWD}" in
+    /tmp/?*)
+      local rest="${PWD#/tmp/}"
+      echo "/tmp/${rest%%/*}" >"$1/keep_dir"
+      ;;
+  esac
+}
+
 # run_vm: boots the guest, streams COMMAND's output, sets VM_STATUS.
 run_vm() {
   local io="$1" mode="$2" timeout="$3"
@@ -282,6 +293,7 @@ main() {
   trap "rm -rf '${io}'" EXIT
   mkdir -p "${io}/share"
   write_guest_command "${io}/share" "$@"
+  write_keep_dir "${io}/share"
   cp "$(dirname "${BASH_SOURCE[0]}")/guest_command.sh" "${io}/share/"
   echo 0 >"${io}/share/boots"
   echo "${MAX_BOOTS}" >"${io}/share/max_boots"
