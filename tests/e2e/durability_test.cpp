@@ -659,5 +659,44 @@ TEST_F(DurabilityTest, G5_G8_SurvivesFiftySigkillsWithoutLosingAGenerationOrACou
   assert_no_leaked_inner_maps(foreign, "at the end");
 }
 
+// A state_dir in the format written before the SQLite store (tests/e2e/fixtures/state_v1: how
+// it was made is in tests/e2e/fixtures/README.md). Its pin_dir is fixed, on the host's bpffs,
+// and empty: policyd re-commits the recorded generation as after a reboot.
+TEST_F(DurabilityTest, G8_AStateDirOfTheV1FormatKeepsGenerationHistoryTotalsAndRequestIds) {
+  const std::string fixture_pins = "/sys/fs/bpf/policyd-fixture-state-v1";
+  unpin_everything(fixture_pins);
+  ::rmdir(fixture_pins.c_str());
+  const std::string work = work_dir() + "/v1";
+  fs::create_directories(work);
+  fs::copy(STATE_V1_FIXTURE, work + "/state", fs::copy_options::recursive);
+  DaemonOptions options = daemon_options();
+  options.history = 64;
+  DaemonProcess old(work, fixture_pins, options);
+  Status st = old.start();
+  ASSERT_TRUE(st.ok()) << st.error().message() << "\n" << old.log();
+
+  CmdResult status = run_policyctl(old.socket_path(), {"status"});
+  EXPECT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_TRUE(contains_all(status.out, {"2 (b)"})) << status.out;
+  CmdResult gens = run_policyctl(old.socket_path(), {"generations"});
+  EXPECT_TRUE(contains_all(gens.out, {"fixture-req-b", "fixture-req-a"})) << gens.out;
+  EXPECT_LT(gens.out.find("fixture-req-b"), gens.out.find("fixture-req-a")) << gens.out;
+  CmdResult counters = run_policyctl(old.socket_path(), {"counters", "--map", "acl"});
+  EXPECT_TRUE(contains_all(counters.out, {"hits", "42"})) << counters.out;
+  auto slot5 = acl_entries(fixture_pins, kSlot);
+  EXPECT_TRUE(slot5.has_value()) << "acl slot 5 was not re-created from the record";
+  // A retry of the push recorded with request id fixture-req-a gets its original answer.
+  const std::string a = write_file("a.yaml",
+                                   "label: a\nchanges:\n  - map: acl\n    slot: 5\n    entries:\n"
+                                   "      - {key: {prefix: 10.1.2.0/24}, value: {action: 1}}\n");
+  CmdResult replay = run_policyctl(old.socket_path(), {"push", a, "--request-id", "fixture-req-a"});
+  EXPECT_EQ(replay.exit_code, 0) << replay.err;
+  EXPECT_TRUE(contains_all(replay.out, {"generation 1", "replay"})) << replay.out;
+  EXPECT_EQ(old.stop(), 0) << old.log();
+  if (HasFailure()) std::fprintf(stderr, "%s\n", old.log().c_str());
+  unpin_everything(fixture_pins);
+  ::rmdir(fixture_pins.c_str());
+}
+
 }  // namespace
 }  // namespace policyd::e2e
