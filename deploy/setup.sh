@@ -21,6 +21,7 @@ readonly PACKAGES=(
   clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
   libspdlog-dev libfmt-dev libyaml-cpp-dev libboost-dev libsystemd-dev prometheus-cpp-dev
+  libsqlite3-dev sqlite3
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 openssl clang-format
   systemd dpkg-dev file

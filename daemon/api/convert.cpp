@@ -296,8 +296,8 @@ void to_generation_info(const core::GenerationRecord& record, v1::GenerationInfo
 
 void to_list_generations(const core::CommitterView& view, v1::ListGenerationsResponse* out) {
   out->set_current(view.generation);
-  for (const core::GenerationRecord& r : view.history) {
-    to_generation_info(r, out->add_generations());
+  for (const core::GenerationRecordPtr& r : view.history) {
+    to_generation_info(*r, out->add_generations());
   }
 }
 

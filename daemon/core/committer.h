@@ -20,7 +20,9 @@
 #include <vector>
 
 #include "core/engine.h"
+#include "core/history.h"
 #include "core/model.h"
+#include "core/request_ledger.h"
 #include "core/state_store.h"
 #include "util/result.h"
 
@@ -30,30 +32,6 @@ struct PushRequest {
   Generation generation;
   uint64_t expected_generation = 0;  // 0: no check
   std::string request_id;            // empty: not idempotent
-};
-
-struct PushResult {
-  uint64_t generation = 0;
-  uint32_t batch_size = 0;  // generations committed under the same barrier
-  bool replayed = false;    // the result of an earlier push with the same request_id
-  uint64_t restored = 0;    // rollbacks: the generation whose state was re-committed
-};
-
-using PushCallback = std::function<void(Result<PushResult>)>;
-
-// The data-plane contents of a slot as pushed; shared between snapshots so that each history
-// record costs only the slots it changed. `digest` names its contents file in state_dir (empty
-// when the committer runs without a StateStore).
-struct SlotData {
-  std::vector<Entry> entries;
-  Digest digest;
-};
-using SlotContents = std::shared_ptr<const SlotData>;
-using StateSnapshot = std::map<std::pair<std::string, Bytes>, SlotContents>;
-
-struct GenerationRecord : GenerationMeta {
-  std::shared_ptr<const StateSnapshot> state;  // every slot after this generation
-  Digest content_hash;                         // generation_hash() of `state` (with a store)
 };
 
 // Events, delivered on the committer thread: listeners must not block.
@@ -82,7 +60,7 @@ struct EventListener {
 struct CommitterView {
   uint64_t generation = 0;
   std::string label;
-  std::vector<GenerationRecord> history;  // newest first
+  std::vector<GenerationRecordPtr> history;  // newest first
   EngineStats stats;
   Strategy strategy = Strategy::kBatch;
   std::string kernel;

@@ -1,137 +1,81 @@
-// StateStore: framed protobuf files, written durably (temp, fsync, rename, fsync dir).
+// StateStore: the durable record in SQLite (tables in DESIGN.md, "Durable state").
 #include "core/state_store.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <mutex>
+#include <map>
+#include <set>
 
-#include "policyd/state/v1/state.pb.h"
+#include "core/sqlite_db.h"
+#include "core/state_v1.h"
 #include "util/fs.h"
 
 namespace policyd::core {
 namespace {
 
-namespace pb = ::policyd::state::v1;
+// PRAGMA user_version of a policyd database: the layout of the tables below.
+constexpr int kFormat = 2;
 
-// File frame: magic, format version, reserved, payload length, SHA-256 of the payload.
-constexpr char kMagic[8] = {'P', 'O', 'L', 'I', 'C', 'Y', 'D', '\0'};
-constexpr uint32_t kFormatVersion = 1;
-constexpr size_t kDigestSize = 32;
-constexpr size_t kHeaderSize = sizeof(kMagic) + 4 + 4 + 8 + kDigestSize;
+constexpr const char* kSchema = R"sql(
+CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) STRICT;
+CREATE TABLE contents(
+  digest BLOB PRIMARY KEY, key_size INTEGER NOT NULL, value_size INTEGER NOT NULL,
+  count INTEGER NOT NULL, data BLOB NOT NULL) STRICT;
+CREATE TABLE slots(
+  map TEXT NOT NULL, slot BLOB NOT NULL, contents BLOB NOT NULL, inner_id INTEGER NOT NULL,
+  PRIMARY KEY(map, slot)) STRICT, WITHOUT ROWID;
+CREATE INDEX slots_by_contents ON slots(contents);
+CREATE TABLE generations(
+  id INTEGER PRIMARY KEY, label TEXT NOT NULL, committed_unix_ms INTEGER NOT NULL,
+  changes INTEGER NOT NULL, entries INTEGER NOT NULL, request_id TEXT NOT NULL) STRICT;
+CREATE TABLE generation_slots(
+  generation INTEGER NOT NULL, map TEXT NOT NULL, slot BLOB NOT NULL, contents BLOB,
+  previous BLOB, PRIMARY KEY(generation, map, slot)) STRICT, WITHOUT ROWID;
+CREATE INDEX generation_slots_by_contents ON generation_slots(contents);
+CREATE INDEX generation_slots_by_previous ON generation_slots(previous);
+CREATE TABLE drained(
+  map TEXT NOT NULL, slot BLOB NOT NULL, field TEXT NOT NULL, total INTEGER NOT NULL,
+  PRIMARY KEY(map, slot, field)) STRICT, WITHOUT ROWID;
+CREATE TABLE drained_inner_ids(id INTEGER PRIMARY KEY) STRICT;
+)sql";
 
-std::atomic<uint64_t> g_tmp_counter{0};
-
-void put_le(std::string& out, uint64_t v, size_t bytes) {
-  for (size_t i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+void put_le32(std::string& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
 
-uint64_t get_le(const char* p, size_t bytes) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < bytes; ++i) v |= uint64_t{static_cast<uint8_t>(p[i])} << (8 * i);
-  return v;
+bool exists(const std::string& path, off_t* size = nullptr) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return false;
+  if (size) *size = st.st_size;
+  return true;
 }
 
-std::string frame(const std::string& payload) {
-  std::string out(kMagic, sizeof(kMagic));
-  put_le(out, kFormatVersion, 4);
-  put_le(out, 0, 4);
-  put_le(out, payload.size(), 8);
-  out += sha256(payload.data(), payload.size());
-  out += payload;
-  return out;
-}
-
-// The payload of a framed file, or why the file is not a valid frame.
-Result<std::string> unframe(const std::string& data) {
-  if (data.size() < kHeaderSize) {
-    return invalid_argument("truncated: " + std::to_string(data.size()) +
-                            " bytes, the header alone is " + std::to_string(kHeaderSize));
-  }
-  if (std::memcmp(data.data(), kMagic, sizeof(kMagic)) != 0) {
-    return invalid_argument("not a policyd state file (bad magic)");
-  }
-  const uint64_t version = get_le(data.data() + 8, 4);
-  if (version != kFormatVersion) {
-    return invalid_argument("format version " + std::to_string(version) + ", this policyd reads " +
-                            std::to_string(kFormatVersion));
-  }
-  const uint64_t length = get_le(data.data() + 16, 8);
-  if (data.size() - kHeaderSize != length) {
-    return invalid_argument("truncated: the header announces " + std::to_string(length) +
-                            " payload bytes, the file has " +
-                            std::to_string(data.size() - kHeaderSize));
-  }
-  std::string payload = data.substr(kHeaderSize);
-  if (sha256(payload.data(), payload.size()) != data.substr(24, kDigestSize)) {
-    return invalid_argument("checksum mismatch (the file was damaged after it was written)");
-  }
-  return payload;
-}
-
-Result<std::string> read_whole(const std::string& path) {
-  kernel::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return sys_error(errno, "open " + path);
-  std::string out;
-  char buf[1 << 16];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return sys_error(errno, "read " + path);
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
-}
-
-Status write_all(int fd, const std::string& data, const std::string& path) {
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return sys_error(errno, "write " + path);
-    done += static_cast<size_t>(n);
-  }
-  return {};
-}
-
-Status fsync_path(const std::string& path) {
+Status fsync_dir(const std::string& path) {
   kernel::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid()) return sys_error(errno, "open " + path);
   if (::fsync(fd.get()) != 0) return sys_error(errno, "fsync " + path);
   return {};
 }
 
-// Writes `data` to `path` through a temp file in the same directory: after this returns the
-// file holds the new data or (on error) the old; it never holds a mix. The directory is not
-// synced here.
-Status replace_file(const std::string& path, const std::string& data) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." +
-                          std::to_string(g_tmp_counter.fetch_add(1));
-  kernel::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!fd.valid()) return sys_error(errno, "create " + tmp);
-  Status st = write_all(fd.get(), data, tmp);
-  if (st.ok() && ::fsync(fd.get()) != 0) st = sys_error(errno, "fsync " + tmp);
-  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = sys_error(errno, "rename " + tmp);
-  if (!st.ok()) ::unlink(tmp.c_str());
-  return st;
+// The refusal for a database that cannot be used as it is, with the way out.
+Error damaged(const std::string& db, const std::string& why) {
+  return failed_precondition(
+      "state database " + db + " is damaged or unreadable: " + why +
+      ". policyd will not guess what the data plane should hold. To recover, restore the state "
+      "directory from a backup, or move the database aside (mv " +
+      db + " " + db + ".bad, and the same for " + db + "-wal and " + db +
+      "-shm when they exist) and start again: policyd then adopts the pinned maps as they are "
+      "(generation history starts over), or starts empty when nothing is pinned");
 }
 
-std::string corrupt(const std::string& path, const std::string& why) {
-  return "state file " + path + " is corrupt: " + why +
-         ". policyd will not guess what the data plane should hold. To recover, restore the "
-         "state directory from a backup, or move it aside (mv " +
-         path + " " + path +
-         ".bad) and start again: policyd then adopts the pinned maps as they are (generation "
-         "history starts over), or starts empty when nothing is pinned";
-}
+Bytes as_bytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
 }  // namespace
 
@@ -152,25 +96,138 @@ std::string digest_hex(const Digest& d) {
   return out;
 }
 
-Digest generation_hash(const std::vector<StoredSlot>& slots) {
-  std::string buf;
-  for (const StoredSlot& s : slots) {
-    put_le(buf, s.map.size(), 4);
-    buf += s.map;
-    put_le(buf, s.slot.size(), 4);
-    buf.append(s.slot.begin(), s.slot.end());
-    buf += s.contents;
+EncodedContents encode_contents(const std::vector<Entry>& entries, uint32_t key_size,
+                                uint32_t value_size) {
+  EncodedContents c;
+  c.key_size = key_size;
+  c.value_size = value_size;
+  c.count = entries.size();
+  c.data.reserve(entries.size() * (size_t{key_size} + value_size));
+  for (const Entry& e : entries) {
+    c.data.append(e.key.begin(), e.key.end());
+    c.data.append(e.value.begin(), e.value.end());
   }
-  return sha256(buf.data(), buf.size());
+  std::string named;
+  put_le32(named, key_size);
+  put_le32(named, value_size);
+  named += c.data;
+  c.digest = sha256(named.data(), named.size());
+  return c;
 }
 
-StateStore::StateStore(std::string dir, kernel::UniqueFd lock)
-    : dir_(std::move(dir)), lock_(std::move(lock)) {}
+Result<std::vector<Entry>> decode_contents(const EncodedContents& c) {
+  const size_t stride = size_t{c.key_size} + c.value_size;
+  if (c.data.size() != stride * c.count) {
+    return invalid_argument("contents " + digest_hex(c.digest) + ": " +
+                            std::to_string(c.data.size()) + " bytes of data for " +
+                            std::to_string(c.count) + " entries of " + std::to_string(stride));
+  }
+  std::vector<Entry> entries(c.count);
+  const auto* p = reinterpret_cast<const uint8_t*>(c.data.data());
+  for (Entry& e : entries) {
+    e.key.assign(p, p + c.key_size);
+    e.value.assign(p + c.key_size, p + stride);
+    p += stride;
+  }
+  return entries;
+}
 
-StateStore::~StateStore() = default;
+// ---- opening, creating, importing ---------------------------------------------------------
+
+struct StateStore::Statements {
+  SqliteStmt begin, commit, rollback;
+  SqliteStmt put_contents, get_contents;
+  SqliteStmt put_generation, put_generation_slot;
+  SqliteStmt slot_contents, put_slot, delete_slot;
+  SqliteStmt set_meta;
+  SqliteStmt digests_from, delete_slots_from, delete_generations_from;
+  SqliteStmt digests_before, delete_slots_before, delete_generations_before;
+  SqliteStmt put_total, clear_drained_ids, put_drained_id;
+  SqliteStmt collect;
+};
+
+namespace {
+
+Status create_schema(SqliteDb& db) {
+  POLICYD_TRY(db.exec(kSchema));
+  return db.exec("PRAGMA user_version = " + std::to_string(kFormat));
+}
+
+// Fills a new database from a state_dir of the earlier format: the current slots, history as
+// the slots each generation changed (the oldest keeps its metadata only: what it changed is
+// unknown and never needed), totals, drained ids. Contents are re-encoded under new digests.
+Status import_v1(StateStore& store, const v1::State& old) {
+  RecordUpdate up;
+  std::map<Digest, Digest> renamed;  // v1 digest -> digest in the database
+  for (const v1::Generation& g : old.history) {
+    for (const v1::Slot& s : g.slots) {
+      if (renamed.count(s.contents)) continue;
+      POLICYD_ASSIGN_OR_RETURN(v1::Contents c, v1::read_contents(store.dir(), s.contents));
+      auto e =
+          std::make_shared<EncodedContents>(encode_contents(c.entries, c.key_size, c.value_size));
+      renamed[s.contents] = e->digest;
+      up.contents.push_back(std::move(e));
+    }
+  }
+  const v1::Generation* before = nullptr;
+  for (auto g = old.history.rbegin(); g != old.history.rend(); ++g) {
+    StoredGeneration sg;
+    static_cast<GenerationMeta&>(sg) = *g;
+    if (before) {
+      std::map<SlotKey, Digest> was;
+      for (const v1::Slot& s : before->slots) was[{s.map, s.slot}] = renamed.at(s.contents);
+      for (const v1::Slot& s : g->slots) {
+        const Digest now = renamed.at(s.contents);
+        auto it = was.find({s.map, s.slot});
+        if (it != was.end() && it->second == now) {
+          was.erase(it);
+          continue;
+        }
+        sg.slots.push_back({s.map, s.slot, now, it == was.end() ? Digest{} : it->second});
+        if (it != was.end()) was.erase(it);
+      }
+      for (const auto& [key, digest] : was) sg.slots.push_back({key.first, key.second, {}, digest});
+    }
+    up.generations.push_back(std::move(sg));
+    before = &*g;
+  }
+  if (!old.history.empty()) {
+    for (const v1::Slot& s : old.history.front().slots) {
+      up.slots.push_back({s.map, s.slot, renamed.at(s.contents), s.inner_id});
+    }
+  }
+  up.generation = old.generation;
+  up.totals = old.drained;
+  up.drained_inner_ids = old.drained_inner_ids;
+  up.pin_dir = old.pin_dir;
+  return store.write(up);
+}
+
+// Moves the files of the earlier format into state_dir/v1-imported once state.db holds them.
+Status set_v1_files_aside(const std::string& dir) {
+  if (!exists(dir + "/state")) return {};
+  const std::string aside = dir + "/v1-imported";
+  POLICYD_TRY(util::make_dirs(aside, 0700));
+  for (const char* name : {"state", "contents"}) {
+    const std::string from = dir + "/" + name;
+    if (exists(from) && ::rename(from.c_str(), (aside + "/" + name).c_str()) != 0) {
+      return sys_error(errno, "move " + from + " to " + aside);
+    }
+  }
+  return fsync_dir(dir);
+}
+
+}  // namespace
+
+StateStore::StateStore(std::string dir, kernel::UniqueFd lock, std::unique_ptr<SqliteDb> db)
+    : dir_(std::move(dir)), lock_(std::move(lock)), db_(std::move(db)) {}
+
+StateStore::~StateStore() {
+  stmts_.reset();  // statements go before their database
+}
 
 Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
-  POLICYD_TRY(util::make_dirs(dir + "/contents", 0700));
+  POLICYD_TRY(util::make_dirs(dir, 0700));
   const std::string lock_path = dir + "/lock";
   kernel::UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock.valid()) return sys_error(errno, "open " + lock_path);
@@ -181,194 +238,348 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
     }
     return sys_error(errno, "lock " + lock_path);
   }
-  std::unique_ptr<StateStore> store(new StateStore(dir, std::move(lock)));
-  store->remove_temp_files();
+
+  const std::string db_path = dir + "/state.db";
+  const std::string fresh = db_path + ".new";
+  ::unlink(fresh.c_str());  // a first start that crashed before its database was complete
+  ::unlink((fresh + "-journal").c_str());
+  off_t db_size = 0;
+  if (!exists(db_path, &db_size)) {
+    off_t wal_size = 0;
+    if (exists(db_path + "-wal", &wal_size) && wal_size > 0) {
+      return damaged(db_path, "the database file is missing but its write-ahead log " + db_path +
+                                  "-wal is there (" + std::to_string(wal_size) +
+                                  " bytes): committed generations may be in it");
+    }
+    ::unlink((db_path + "-wal").c_str());
+    ::unlink((db_path + "-shm").c_str());
+    // A new database is made complete under a temp name (rollback journal, so that it is one
+    // file), then renamed: a state.db always has its tables.
+    POLICYD_ASSIGN_OR_RETURN(std::unique_ptr<SqliteDb> db, SqliteDb::open(fresh, true));
+    POLICYD_TRY(db->exec("PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL"));
+    POLICYD_TRY(create_schema(*db));
+    POLICYD_ASSIGN_OR_RETURN(std::optional<v1::State> old, v1::read_state(dir));
+    if (old) {
+      StateStore importer(dir, {}, std::move(db));
+      POLICYD_TRY(importer.prepare());
+      Status imported = import_v1(importer, *old);
+      if (!imported.ok()) return imported.error().wrap("import " + dir + "/state into " + db_path);
+      db = std::move(importer.db_);
+      importer.stmts_.reset();
+    }
+    db.reset();
+    if (::rename(fresh.c_str(), db_path.c_str()) != 0) return sys_error(errno, "rename " + fresh);
+    POLICYD_TRY(fsync_dir(dir));
+  } else if (db_size == 0) {
+    return damaged(db_path, "the file is empty (truncated)");
+  }
+  POLICYD_TRY(set_v1_files_aside(dir));
+
+  Result<std::unique_ptr<SqliteDb>> opened = SqliteDb::open(db_path, false);
+  if (!opened.ok()) return damaged(db_path, opened.error().message());
+  std::unique_ptr<SqliteDb> db = std::move(opened).value();
+  Status mode = db->exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL");
+  if (!mode.ok()) return damaged(db_path, mode.error().message());
+  Result<std::string> check = db->query_text("PRAGMA integrity_check");
+  if (!check.ok()) return damaged(db_path, check.error().message());
+  if (*check != "ok") return damaged(db_path, "PRAGMA integrity_check says: " + *check);
+  Result<std::string> format = db->query_text("PRAGMA user_version");
+  if (!format.ok() || *format != std::to_string(kFormat)) {
+    return damaged(db_path, "format " + (format.ok() ? *format : format.error().message()) +
+                                ", this policyd reads format " + std::to_string(kFormat));
+  }
+  std::unique_ptr<StateStore> store(new StateStore(dir, std::move(lock), std::move(db)));
+  if (Status st = store->prepare(); !st.ok()) return damaged(db_path, st.error().message());
   return store;
 }
 
-// Temp files a crash left behind (nobody else writes here: the lock is ours).
-void StateStore::remove_temp_files() const {
-  for (const std::string& sub : {dir_, dir_ + "/contents"}) {
-    DIR* d = ::opendir(sub.c_str());
-    if (!d) continue;
-    std::vector<std::string> temps;
-    while (dirent* e = ::readdir(d)) {
-      if (std::strstr(e->d_name, ".tmp.")) temps.emplace_back(e->d_name);
+Status StateStore::prepare() {
+  auto s = std::make_unique<Statements>();
+  SqliteDb& db = *db_;
+  struct Named {
+    SqliteStmt* stmt;
+    const char* sql;
+  };
+  const Named all[] = {
+      {&s->begin, "BEGIN IMMEDIATE"},
+      {&s->commit, "COMMIT"},
+      {&s->rollback, "ROLLBACK"},
+      {&s->put_contents,
+       "INSERT OR IGNORE INTO contents(digest, key_size, value_size, count, data) "
+       "VALUES(?1, ?2, ?3, ?4, ?5)"},
+      {&s->get_contents,
+       "SELECT key_size, value_size, count, data FROM contents WHERE digest = ?1"},
+      {&s->put_generation,
+       "INSERT OR REPLACE INTO generations(id, label, committed_unix_ms, changes, entries, "
+       "request_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"},
+      {&s->put_generation_slot,
+       "INSERT OR REPLACE INTO generation_slots(generation, map, slot, contents, previous) "
+       "VALUES(?1, ?2, ?3, ?4, ?5)"},
+      {&s->slot_contents, "SELECT contents FROM slots WHERE map = ?1 AND slot = ?2"},
+      {&s->put_slot,
+       "INSERT INTO slots(map, slot, contents, inner_id) VALUES(?1, ?2, ?3, ?4) "
+       "ON CONFLICT(map, slot) DO UPDATE SET contents = excluded.contents, "
+       "inner_id = excluded.inner_id"},
+      {&s->delete_slot, "DELETE FROM slots WHERE map = ?1 AND slot = ?2"},
+      {&s->set_meta, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)"},
+      {&s->digests_from, "SELECT contents, previous FROM generation_slots WHERE generation >= ?1"},
+      {&s->delete_slots_from, "DELETE FROM generation_slots WHERE generation >= ?1"},
+      {&s->delete_generations_from, "DELETE FROM generations WHERE id >= ?1"},
+      {&s->digests_before, "SELECT contents, previous FROM generation_slots WHERE generation < ?1"},
+      {&s->delete_slots_before, "DELETE FROM generation_slots WHERE generation < ?1"},
+      {&s->delete_generations_before, "DELETE FROM generations WHERE id < ?1"},
+      {&s->put_total,
+       "INSERT OR REPLACE INTO drained(map, slot, field, total) VALUES(?1, ?2, ?3, ?4)"},
+      {&s->clear_drained_ids, "DELETE FROM drained_inner_ids"},
+      {&s->put_drained_id, "INSERT OR IGNORE INTO drained_inner_ids(id) VALUES(?1)"},
+      {&s->collect,
+       "DELETE FROM contents WHERE digest = ?1 "
+       "AND NOT EXISTS (SELECT 1 FROM slots WHERE contents = ?1) "
+       "AND NOT EXISTS (SELECT 1 FROM generation_slots WHERE contents = ?1) "
+       "AND NOT EXISTS (SELECT 1 FROM generation_slots WHERE previous = ?1)"},
+  };
+  for (const Named& n : all) {
+    POLICYD_ASSIGN_OR_RETURN(*n.stmt, db.prepare(n.sql));
+  }
+  stmts_ = std::move(s);
+  return {};
+}
+
+// ---- reading --------------------------------------------------------------------------------
+
+Result<std::optional<StoredState>> StateStore::load() {
+  SqliteDb& db = *db_;
+  POLICYD_ASSIGN_OR_RETURN(std::string generation,
+                           db.query_text("SELECT value FROM meta WHERE key = 'generation'"));
+  if (generation.empty()) return std::optional<StoredState>{};
+  StoredState st;
+  st.generation = std::stoull(generation);
+  POLICYD_ASSIGN_OR_RETURN(st.pin_dir,
+                           db.query_text("SELECT value FROM meta WHERE key = 'pin_dir'"));
+
+  POLICYD_ASSIGN_OR_RETURN(SqliteStmt slots, db.prepare("SELECT map, slot, contents, inner_id "
+                                                        "FROM slots ORDER BY map, slot"));
+  for (;;) {
+    POLICYD_ASSIGN_OR_RETURN(bool row, slots.step());
+    if (!row) break;
+    st.slots.push_back({slots.column_text(0), as_bytes(slots.column_blob(1)), slots.column_blob(2),
+                        static_cast<uint32_t>(slots.column_int(3))});
+  }
+  POLICYD_ASSIGN_OR_RETURN(SqliteStmt gens,
+                           db.prepare("SELECT id, label, committed_unix_ms, changes, entries, "
+                                      "request_id FROM generations ORDER BY id DESC"));
+  std::map<uint64_t, size_t> index;
+  for (;;) {
+    POLICYD_ASSIGN_OR_RETURN(bool row, gens.step());
+    if (!row) break;
+    StoredGeneration g;
+    g.id = static_cast<uint64_t>(gens.column_int(0));
+    g.label = gens.column_text(1);
+    g.committed_unix_ms = gens.column_int(2);
+    g.changes = static_cast<uint32_t>(gens.column_int(3));
+    g.entries = static_cast<uint64_t>(gens.column_int(4));
+    g.request_id = gens.column_text(5);
+    index[g.id] = st.history.size();
+    st.history.push_back(std::move(g));
+  }
+  POLICYD_ASSIGN_OR_RETURN(SqliteStmt changed,
+                           db.prepare("SELECT generation, map, slot, contents, previous FROM "
+                                      "generation_slots ORDER BY generation, map, slot"));
+  for (;;) {
+    POLICYD_ASSIGN_OR_RETURN(bool row, changed.step());
+    if (!row) break;
+    auto it = index.find(static_cast<uint64_t>(changed.column_int(0)));
+    if (it == index.end()) {
+      return damaged(db_path(), "generation_slots names generation " +
+                                    std::to_string(changed.column_int(0)) +
+                                    ", which the generations table does not have");
     }
-    ::closedir(d);
-    for (const std::string& name : temps) ::unlink((sub + "/" + name).c_str());
+    st.history[it->second].slots.push_back({changed.column_text(1),
+                                            as_bytes(changed.column_blob(2)),
+                                            changed.column_blob(3), changed.column_blob(4)});
   }
+  if (!st.history.empty() && st.history.front().id != st.generation) {
+    return damaged(db_path(),
+                   "the newest generation recorded is " + std::to_string(st.history.front().id) +
+                       ", but meta says the current one is " + std::to_string(st.generation));
+  }
+  POLICYD_ASSIGN_OR_RETURN(SqliteStmt totals,
+                           db.prepare("SELECT map, slot, field, total FROM drained"));
+  for (;;) {
+    POLICYD_ASSIGN_OR_RETURN(bool row, totals.step());
+    if (!row) break;
+    st.drained.push_back({totals.column_text(0), as_bytes(totals.column_blob(1)),
+                          totals.column_text(2), static_cast<uint64_t>(totals.column_int(3))});
+  }
+  POLICYD_ASSIGN_OR_RETURN(SqliteStmt ids, db.prepare("SELECT id FROM drained_inner_ids"));
+  for (;;) {
+    POLICYD_ASSIGN_OR_RETURN(bool row, ids.step());
+    if (!row) break;
+    st.drained_inner_ids.push_back(static_cast<uint32_t>(ids.column_int(0)));
+  }
+  return std::optional<StoredState>(std::move(st));
 }
 
-Result<std::optional<StoredState>> StateStore::load() const {
-  const std::string path = manifest_path();
-  Result<std::string> data = read_whole(path);
-  if (!data.ok()) {
-    if (data.error().sys_errno == ENOENT) return std::optional<StoredState>{};
-    return data.error();
+Result<std::vector<Entry>> StateStore::get_contents(const Digest& digest) {
+  SqliteStmt& q = stmts_->get_contents;
+  q.bind_blob(1, digest.data(), digest.size());
+  Result<bool> row = q.step();
+  if (!row.ok()) {
+    q.reset();
+    return row.error();
   }
-  Result<std::string> payload = unframe(*data);
-  if (!payload.ok()) return failed_precondition(corrupt(path, payload.error().context));
-  pb::State msg;
-  if (!msg.ParseFromString(*payload))
-    return failed_precondition(corrupt(path, "unreadable record"));
-
-  StoredState state;
-  state.pin_dir = msg.pin_dir();
-  state.generation = msg.generation();
-  for (const pb::Generation& g : msg.history()) {
-    StoredGeneration sg;
-    sg.id = g.id();
-    sg.label = g.label();
-    sg.committed_unix_ms = g.committed_unix_ms();
-    sg.changes = g.changes();
-    sg.entries = g.entries();
-    sg.request_id = g.request_id();
-    for (const pb::Slot& s : g.slots()) {
-      sg.slots.push_back(
-          {s.map(), Bytes(s.slot().begin(), s.slot().end()), s.contents(), s.inner_id()});
-    }
-    sg.content_hash = g.content_hash();
-    if (generation_hash(sg.slots) != sg.content_hash) {
-      return failed_precondition(corrupt(
-          path, "generation " + std::to_string(sg.id) + " does not match its content hash"));
-    }
-    state.history.push_back(std::move(sg));
+  if (!*row) {
+    q.reset();
+    return damaged(db_path(), "contents " + digest_hex(digest) +
+                                  " are named by a slot but not in the contents table");
   }
-  if (!state.history.empty() && state.history.front().id != state.generation) {
-    return failed_precondition(
-        corrupt(path, "the newest history record is not the current generation"));
-  }
-  for (const pb::CounterTotal& c : msg.drained()) {
-    state.drained.push_back(
-        {c.map(), Bytes(c.slot().begin(), c.slot().end()), c.field(), c.total()});
-  }
-  state.drained_inner_ids.assign(msg.drained_inner_ids().begin(), msg.drained_inner_ids().end());
-  return std::optional<StoredState>(std::move(state));
-}
-
-Result<Digest> StateStore::put_contents(const std::vector<Entry>& entries, uint32_t key_size,
-                                        uint32_t value_size) {
-  pb::Contents msg;
-  msg.set_key_size(key_size);
-  msg.set_value_size(value_size);
-  msg.set_count(entries.size());
-  std::string* data = msg.mutable_data();
-  data->reserve(entries.size() * (key_size + value_size));
-  for (const Entry& e : entries) {
-    data->append(e.key.begin(), e.key.end());
-    data->append(e.value.begin(), e.value.end());
-  }
-  std::string payload;
-  if (!msg.SerializeToString(&payload)) return Error{ErrorCode::kInternal, 0, "serialize contents"};
-  Digest digest = sha256(payload.data(), payload.size());
-  const std::string name = digest_hex(digest);
-  const std::string path = dir_ + "/contents/" + name;
-  {
-    // Held before the existence check: garbage collection (which unlinks under the same lock)
-    // cannot remove the file between the check and the record that will refer to it.
-    std::lock_guard lock(mu_);
-    ++held_[name];
-    if (::access(path.c_str(), F_OK) == 0) return digest;  // content-addressed: already there
-  }
-  POLICYD_TRY(replace_file(path, frame(payload)));
-  return digest;
-}
-
-void StateStore::release(const std::vector<Digest>& digests) {
-  std::lock_guard lock(mu_);
-  for (const Digest& d : digests) {
-    if (d.empty()) continue;
-    auto it = held_.find(digest_hex(d));
-    if (it != held_.end() && --it->second == 0) held_.erase(it);
-  }
-}
-
-Status StateStore::sync_contents() { return fsync_path(dir_ + "/contents"); }
-
-Result<std::vector<Entry>> StateStore::get_contents(const Digest& digest) const {
-  const std::string path = dir_ + "/contents/" + digest_hex(digest);
-  Result<std::string> data = read_whole(path);
-  if (!data.ok()) return failed_precondition(corrupt(path, data.error().message()));
-  Result<std::string> payload = unframe(*data);
-  if (!payload.ok()) return failed_precondition(corrupt(path, payload.error().context));
-  if (sha256(payload->data(), payload->size()) != digest) {
-    return failed_precondition(corrupt(path, "contents do not match the file name"));
-  }
-  pb::Contents msg;
-  if (!msg.ParseFromString(*payload))
-    return failed_precondition(corrupt(path, "unreadable contents"));
-  const size_t stride = size_t{msg.key_size()} + msg.value_size();
-  if (msg.data().size() != stride * msg.count()) {
-    return failed_precondition(corrupt(path, "entry data does not match the entry count"));
-  }
-  std::vector<Entry> entries(msg.count());
-  const auto* p = reinterpret_cast<const uint8_t*>(msg.data().data());
-  for (Entry& e : entries) {
-    e.key.assign(p, p + msg.key_size());
-    e.value.assign(p + msg.key_size(), p + stride);
-    p += stride;
-  }
+  EncodedContents c;
+  c.digest = digest;
+  c.key_size = static_cast<uint32_t>(q.column_int(0));
+  c.value_size = static_cast<uint32_t>(q.column_int(1));
+  c.count = static_cast<uint64_t>(q.column_int(2));
+  c.data = q.column_blob(3);
+  q.reset();
+  Result<std::vector<Entry>> entries = decode_contents(c);
+  if (!entries.ok()) return damaged(db_path(), entries.error().message());
   return entries;
 }
 
-Status StateStore::write(const StoredState& state) {
-  pb::State msg;
-  msg.set_pin_dir(state.pin_dir);
-  msg.set_generation(state.generation);
-  for (const StoredGeneration& g : state.history) {
-    pb::Generation* pg = msg.add_history();
-    pg->set_id(g.id);
-    pg->set_label(g.label);
-    pg->set_committed_unix_ms(g.committed_unix_ms);
-    pg->set_changes(g.changes);
-    pg->set_entries(g.entries);
-    pg->set_request_id(g.request_id);
-    for (const StoredSlot& s : g.slots) {
-      pb::Slot* ps = pg->add_slots();
-      ps->set_map(s.map);
-      ps->set_slot(std::string(s.slot.begin(), s.slot.end()));
-      ps->set_contents(s.contents);
-      ps->set_inner_id(s.inner_id);
-    }
-    pg->set_content_hash(g.content_hash);
+// ---- writing --------------------------------------------------------------------------------
+
+Status StateStore::write(const std::vector<const RecordUpdate*>& updates) {
+  POLICYD_TRY(stmts_->begin.run());
+  Status st;
+  for (const RecordUpdate* update : updates) {
+    if (st.ok()) st = apply(*update);
   }
-  for (const StoredCounter& c : state.drained) {
-    pb::CounterTotal* pc = msg.add_drained();
-    pc->set_map(c.map);
-    pc->set_slot(std::string(c.slot.begin(), c.slot.end()));
-    pc->set_field(c.field);
-    pc->set_total(c.total);
+  if (st.ok()) st = stmts_->commit.run();
+  if (!st.ok()) {
+    (void)stmts_->rollback.run();
+    return st.error().wrap("write the record to " + db_path());
   }
-  for (uint32_t id : state.drained_inner_ids) msg.add_drained_inner_ids(id);
-  std::string payload;
-  if (!msg.SerializeToString(&payload)) return Error{ErrorCode::kInternal, 0, "serialize state"};
-  POLICYD_TRY(replace_file(manifest_path(), frame(payload)));
-  return fsync_path(dir_);
+  return {};
 }
 
-void StateStore::collect_garbage(const StoredState& state) {
-  std::set<std::string> keep;
-  for (const StoredGeneration& g : state.history) {
-    for (const StoredSlot& s : g.slots) keep.insert(digest_hex(s.contents));
+Status StateStore::apply(const RecordUpdate& up) {
+  Statements& s = *stmts_;
+  std::vector<Digest> candidates;  // contents that may have lost their last reference
+  for (const EncodedContentsPtr& ptr : up.contents) {
+    const EncodedContents& c = *ptr;
+    POLICYD_TRY(s.put_contents.bind_blob(1, c.digest.data(), c.digest.size())
+                    .bind(2, int64_t{c.key_size})
+                    .bind(3, int64_t{c.value_size})
+                    .bind(4, static_cast<int64_t>(c.count))
+                    .bind_blob(5, c.data.data(), c.data.size())
+                    .run());
   }
-  const std::string dir = dir_ + "/contents";
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return;
-  std::vector<std::string> remove;
-  while (dirent* e = ::readdir(d)) {
-    const std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
-    // A put_contents() may be writing a temp file right now: only named contents files go
-    // here (temp files left by a crash are removed at open).
-    if (name.find('.') != std::string::npos) continue;
-    if (!keep.count(name)) remove.push_back(name);
+  if (up.drop_from) {
+    POLICYD_TRY(forget_generations("from", up.drop_from));
   }
-  ::closedir(d);
-  std::lock_guard lock(mu_);
-  for (const std::string& name : remove) {
-    if (!held_.count(name)) ::unlink((dir + "/" + name).c_str());
+  for (const StoredGeneration& g : up.generations) {
+    POLICYD_TRY(s.put_generation.bind(1, static_cast<int64_t>(g.id))
+                    .bind(2, g.label)
+                    .bind(3, g.committed_unix_ms)
+                    .bind(4, int64_t{g.changes})
+                    .bind(5, static_cast<int64_t>(g.entries))
+                    .bind(6, g.request_id)
+                    .run());
+    for (const SlotWrite& w : g.slots) {
+      SqliteStmt& put = s.put_generation_slot;
+      put.bind(1, static_cast<int64_t>(g.id))
+          .bind(2, w.map)
+          .bind_blob(3, w.slot.data(), w.slot.size());
+      if (w.contents.empty())
+        put.bind_null(4);
+      else
+        put.bind_blob(4, w.contents.data(), w.contents.size());
+      if (w.previous.empty())
+        put.bind_null(5);
+      else
+        put.bind_blob(5, w.previous.data(), w.previous.size());
+      POLICYD_TRY(put.run());
+    }
   }
+  for (const StoredSlot& slot : up.slots) {
+    SqliteStmt& old = s.slot_contents;
+    old.bind(1, slot.map).bind_blob(2, slot.slot.data(), slot.slot.size());
+    Result<bool> row = old.step();
+    if (row.ok() && *row) candidates.push_back(old.column_blob(0));
+    old.reset();
+    if (!row.ok()) return row.error();
+    if (slot.contents.empty()) {
+      POLICYD_TRY(
+          s.delete_slot.bind(1, slot.map).bind_blob(2, slot.slot.data(), slot.slot.size()).run());
+    } else {
+      POLICYD_TRY(s.put_slot.bind(1, slot.map)
+                      .bind_blob(2, slot.slot.data(), slot.slot.size())
+                      .bind_blob(3, slot.contents.data(), slot.contents.size())
+                      .bind(4, int64_t{slot.inner_id})
+                      .run());
+    }
+  }
+  if (up.generation) {
+    POLICYD_TRY(s.set_meta.bind(1, std::string_view("generation"))
+                    .bind(2, std::to_string(*up.generation))
+                    .run());
+  }
+  if (up.pin_dir) {
+    POLICYD_TRY(s.set_meta.bind(1, std::string_view("pin_dir")).bind(2, *up.pin_dir).run());
+  }
+  if (up.keep_from) {
+    POLICYD_TRY(forget_generations("before", up.keep_from));
+  }
+  for (const StoredCounter& c : up.totals) {
+    POLICYD_TRY(s.put_total.bind(1, c.map)
+                    .bind_blob(2, c.slot.data(), c.slot.size())
+                    .bind(3, c.field)
+                    .bind(4, static_cast<int64_t>(c.total))
+                    .run());
+  }
+  if (up.drained_inner_ids) {
+    POLICYD_TRY(s.clear_drained_ids.run());
+    for (uint32_t id : *up.drained_inner_ids)
+      POLICYD_TRY(s.put_drained_id.bind(1, int64_t{id}).run());
+  }
+  return collect(candidates);
+}
+
+// Forgets generations with ids >= `id` ("from": the undo of a batch the kernel refused) or
+// < `id` ("before": history beyond its bound), and the contents only they named.
+Status StateStore::forget_generations(const std::string& where, uint64_t id) {
+  Statements& s = *stmts_;
+  const bool from = where == "from";
+  SqliteStmt& digests = from ? s.digests_from : s.digests_before;
+  std::vector<Digest> candidates;
+  digests.bind(1, static_cast<int64_t>(id));
+  for (;;) {
+    Result<bool> row = digests.step();
+    if (!row.ok()) {
+      digests.reset();
+      return row.error();
+    }
+    if (!*row) break;
+    for (int col = 0; col < 2; ++col) {
+      if (!digests.column_is_null(col)) candidates.push_back(digests.column_blob(col));
+    }
+  }
+  digests.reset();
+  POLICYD_TRY(
+      (from ? s.delete_slots_from : s.delete_slots_before).bind(1, static_cast<int64_t>(id)).run());
+  POLICYD_TRY((from ? s.delete_generations_from : s.delete_generations_before)
+                  .bind(1, static_cast<int64_t>(id))
+                  .run());
+  return collect(candidates);
+}
+
+// Deletes the contents among `candidates` that no slot and no remembered generation names.
+Status StateStore::collect(const std::vector<Digest>& candidates) {
+  std::set<Digest> unique(candidates.begin(), candidates.end());
+  for (const Digest& d : unique) {
+    if (d.empty()) continue;
+    POLICYD_TRY(stmts_->collect.bind_blob(1, d.data(), d.size()).run());
+  }
+  return {};
 }
 
 }  // namespace policyd::core

@@ -1,24 +1,23 @@
-// StateStore: policyd's durable record in state_dir (G8).
+// StateStore: policyd's durable record (G8), an SQLite database in WAL mode with
+// synchronous=FULL, one transaction (one fsync of the log) per committed batch.
 //
-//   state_dir/state              the manifest: current generation, history (slot -> contents
-//                                hash), drained counter totals. Rewritten per commit: temp file,
-//                                fsync, rename, fsync of the directory.
-//   state_dir/contents/<sha256>  one slot's entries, content-addressed: a generation writes only
-//                                the slots it changed; files no manifest refers to are removed.
-//   state_dir/lock               flock()ed while a daemon uses the directory.
+//   state_dir/state.db     the record; its tables are described in DESIGN.md ("Durable
+//                          state"), and `sqlite3 state_dir/state.db` reads it while policyd runs
+//   state_dir/state.db-wal SQLite's write-ahead log (and -shm, its index)
+//   state_dir/lock         flock()ed while a daemon uses the directory
 //
-// Every file is framed (magic, format version, payload length, SHA-256 of the payload), so a
-// torn or corrupt file is detected and reported, never half read. Thread-safety: put_contents()
-// may run on any thread; the other calls belong to one thread at a time.
+// A write names only what a batch changed: the contents it brings (stored once, keyed by
+// digest), the slots its generations changed (with what they held before, so that history
+// needs no full snapshots), the current slots it touched, and the drained totals that moved.
+// A state_dir in the format before this store (state + contents/) is imported once.
+// Thread-safety: one thread at a time.
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
-#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/model.h"
@@ -27,17 +26,28 @@
 
 namespace policyd::core {
 
-// Raw SHA-256 digest (32 bytes) and its hex form (file names, logs).
+class SqliteDb;
+
+// Raw SHA-256 digest (32 bytes) and its hex form (logs, the sqlite3 CLI's hex()).
 using Digest = std::string;
 [[nodiscard]] Digest sha256(const void* data, size_t size);
 [[nodiscard]] std::string digest_hex(const Digest& d);
 
-struct StoredSlot {
-  std::string map;
-  Bytes slot;
-  Digest contents;
-  uint32_t inner_id = 0;  // current generation only
+using SlotKey = std::pair<std::string, Bytes>;  // (outer map, slot key)
+
+// A slot's entries as stored: `count` (key, value) pairs packed in `data`, named by the digest
+// of sizes and data.
+struct EncodedContents {
+  Digest digest;
+  uint32_t key_size = 0;
+  uint32_t value_size = 0;
+  uint64_t count = 0;
+  std::string data;
 };
+using EncodedContentsPtr = std::shared_ptr<const EncodedContents>;
+[[nodiscard]] EncodedContents encode_contents(const std::vector<Entry>& entries, uint32_t key_size,
+                                              uint32_t value_size);
+[[nodiscard]] Result<std::vector<Entry>> decode_contents(const EncodedContents& contents);
 
 // What a generation was; the committer's history and the durable record share it.
 struct GenerationMeta {
@@ -49,9 +59,24 @@ struct GenerationMeta {
   std::string request_id;
 };
 
+// One slot a generation changed: what it holds after and held before (empty: no inner map).
+struct SlotWrite {
+  std::string map;
+  Bytes slot;
+  Digest contents;
+  Digest previous;
+};
+
 struct StoredGeneration : GenerationMeta {
-  std::vector<StoredSlot> slots;  // sorted by (map, slot)
-  Digest content_hash;            // over the sorted (map, slot, contents) triples
+  std::vector<SlotWrite> slots;  // the slots it changed (none for the oldest imported one)
+};
+
+// A slot of the current generation: its contents and the kernel id of the inner map there.
+struct StoredSlot {
+  std::string map;
+  Bytes slot;
+  Digest contents;  // empty in a RecordUpdate: the slot is now empty
+  uint32_t inner_id = 0;
 };
 
 struct StoredCounter {
@@ -61,55 +86,65 @@ struct StoredCounter {
   uint64_t total = 0;
 };
 
+// The record as a start-up reads it.
 struct StoredState {
   std::string pin_dir;  // whose maps the record describes
   uint64_t generation = 0;
-  std::vector<StoredGeneration> history;  // newest first
-  std::vector<StoredCounter> drained;
+  std::vector<StoredSlot> slots;          // the current generation's slots
+  std::vector<StoredGeneration> history;  // newest first; history[0].id == generation
+  std::vector<StoredCounter> drained;     // cumulative drained counter totals
+  // Inner maps whose counters `drained` already includes but whose drain pins may still be
+  // there: a restart unpins them without counting them again.
   std::vector<uint32_t> drained_inner_ids;
 };
 
-// The content hash of a generation's slots (sorted by map and slot).
-[[nodiscard]] Digest generation_hash(const std::vector<StoredSlot>& slots);
+// One durable write: everything in it becomes durable together, or nothing does.
+struct RecordUpdate {
+  std::vector<EncodedContentsPtr> contents;   // contents the writes below name (new or not)
+  std::vector<StoredGeneration> generations;  // committed generations, oldest first
+  std::vector<StoredSlot> slots;              // current slots set (empty contents: removed)
+  std::optional<uint64_t> generation;         // the current generation, when it changed
+  uint64_t keep_from = 0;                     // generations older than this id are forgotten
+  uint64_t drop_from = 0;             // undo: generations from this id on are forgotten (0: none)
+  std::vector<StoredCounter> totals;  // drained totals that changed
+  std::optional<std::vector<uint32_t>> drained_inner_ids;  // replaces the list when set
+
+  std::optional<std::string> pin_dir;  // set on a new record
+};
 
 class StateStore {
  public:
-  // Creates the directory (and contents/) when missing and takes the lock: a second daemon on
-  // the same state_dir is refused.
+  // Creates the directory when missing, takes the lock (a second daemon on the same state_dir
+  // is refused), and opens the database: created on first start, imported once from a
+  // state_dir of the earlier format, refused with the way to recover when damaged.
   [[nodiscard]] static Result<std::unique_ptr<StateStore>> open(const std::string& dir);
   ~StateStore();
   StateStore(const StateStore&) = delete;
   StateStore& operator=(const StateStore&) = delete;
 
   [[nodiscard]] const std::string& dir() const { return dir_; }
-  [[nodiscard]] std::string manifest_path() const { return dir_ + "/state"; }
+  [[nodiscard]] std::string db_path() const { return dir_ + "/state.db"; }
 
-  // The manifest, or nullopt when there is none (first start). A corrupt or truncated file is
-  // an error that names the file, what is wrong, and how to recover.
-  [[nodiscard]] Result<std::optional<StoredState>> load() const;
-  // Writes a slot's contents (if no file has them yet) and fsyncs it; returns its digest.
-  // Thread-safe. The file is durable once sync_contents() returned. The file is held (garbage
-  // collection keeps it) until release() is called for it as often as it was put.
-  [[nodiscard]] Result<Digest> put_contents(const std::vector<Entry>& entries, uint32_t key_size,
-                                            uint32_t value_size);
-  void release(const std::vector<Digest>& digests);
-  [[nodiscard]] Status sync_contents();
-  [[nodiscard]] Result<std::vector<Entry>> get_contents(const Digest& digest) const;
-  // Replaces the manifest atomically and durably.
-  [[nodiscard]] Status write(const StoredState& state);
-  // Removes contents files that neither `state` (the record that stays) nor a held put refers
-  // to. Call it only with a record that will not be replaced by an older one.
-  void collect_garbage(const StoredState& state);
+  // The record, or nullopt when nothing was recorded yet (first start).
+  [[nodiscard]] Result<std::optional<StoredState>> load();
+  [[nodiscard]] Result<std::vector<Entry>> get_contents(const Digest& digest);
+  // Applies the updates, in order, in one transaction: durable when this returns ok, and
+  // nothing of them written when it fails (a failed write is retried with the next one).
+  [[nodiscard]] Status write(const std::vector<const RecordUpdate*>& updates);
+  [[nodiscard]] Status write(const RecordUpdate& update) { return write({&update}); }
 
  private:
-  StateStore(std::string dir, kernel::UniqueFd lock);
-  void remove_temp_files() const;
+  struct Statements;
+  StateStore(std::string dir, kernel::UniqueFd lock, std::unique_ptr<SqliteDb> db);
+  Status prepare();
+  Status apply(const RecordUpdate& update);
+  Status forget_generations(const std::string& where, uint64_t id);
+  Status collect(const std::vector<Digest>& candidates);
 
   std::string dir_;
   kernel::UniqueFd lock_;
-  std::mutex mu_;
-  // Contents files put for pushes still in the pipeline: hex name -> puts not yet released.
-  std::map<std::string, size_t> held_;
+  std::unique_ptr<SqliteDb> db_;
+  std::unique_ptr<Statements> stmts_;
 };
 
 }  // namespace policyd::core

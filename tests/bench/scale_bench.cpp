@@ -114,7 +114,7 @@ struct Row {
   double rss_after_mb = 0;
   double write_bytes_per_commit = 0;
   double wchar_per_commit = 0;
-  uint64_t manifest_bytes = 0;
+  uint64_t db_bytes = 0;  // state.db and its log at the end
   double restart_ms = 0;
   bool data_plane_kept = false;
 };
@@ -183,7 +183,9 @@ Row measure(const Options& opt, uint32_t slots, uint64_t hard) {
     row.wchar_per_commit = static_cast<double>(wc1 - wc0) / opt.samples;
     row.rss_after_mb = rss_mb(daemon.pid());
     std::error_code ec;
-    row.manifest_bytes = fs::file_size(daemon.state_dir() + "/state", ec);
+    row.db_bytes = fs::file_size(daemon.state_dir() + "/state.db", ec);
+    const uintmax_t wal = fs::file_size(daemon.state_dir() + "/state.db-wal", ec);
+    if (!ec) row.db_bytes += wal;
 
     progress(std::to_string(slots) + " slots: restart with the maps pinned");
     const e2e::KernelSnapshot before = snapshot_or_die(daemon.pin_dir());
@@ -216,7 +218,7 @@ void print_table(const std::vector<Row>& rows) {
   std::printf("== one-slot push->ack, RSS, bytes per commit, restart (history %u) ==\n", kHistory);
   std::printf("%7s %7s %9s %9s %7s %9s %9s %12s %11s %10s %9s %8s %s\n", "slots", "fill",
               "push med", "push p90", "ratio", "RSS fill", "RSS end", "write_b/cmt", "wchar/cmt",
-              "manifest", "restart", "ratio", "data plane");
+              "state.db", "restart", "ratio", "data plane");
   for (const Row& r : rows) {
     if (!r.skipped.empty()) {
       std::printf("%7u slots: skipped, %s\n", r.slots, r.skipped.c_str());
@@ -227,9 +229,8 @@ void print_table(const std::vector<Row>& rows) {
         "%s\n",
         r.slots, r.fill_s, r.push.median, r.push.p90,
         base ? ratio(r.push.median, base->push.median) : 0, r.rss_filled_mb, r.rss_after_mb,
-        r.write_bytes_per_commit, r.wchar_per_commit,
-        static_cast<unsigned long long>(r.manifest_bytes), r.restart_ms,
-        base ? ratio(r.restart_ms, base->restart_ms) : 0,
+        r.write_bytes_per_commit, r.wchar_per_commit, static_cast<unsigned long long>(r.db_bytes),
+        r.restart_ms, base ? ratio(r.restart_ms, base->restart_ms) : 0,
         r.data_plane_kept ? "same inner-map ids" : "CHANGED");
   }
   if (base) {
@@ -257,7 +258,7 @@ void print_table(const std::vector<Row>& rows) {
   std::printf(
       "write_b/cmt: /proc/<pid>/io write_bytes (bytes the daemon dirtied in the page cache, i.e. "
       "state_dir; log level warn) per one-slot commit; wchar/cmt: bytes passed to write(2) and "
-      "friends, same window; manifest: size of state_dir/state at the end\n");
+      "friends, same window; state.db: size of state_dir/state.db plus its -wal at the end\n");
 
   const Row* target = nullptr;
   for (const Row& r : rows) {

@@ -66,7 +66,7 @@ class DurabilityTest : public DaemonTest {
   }
   uint64_t total_hits() { return counter_total("acl", "hits"); }
 
-  std::string state_file() const { return daemon_state_dir() + "/state"; }
+  std::string state_db() const { return daemon_state_dir() + "/state.db"; }
   std::string daemon_state_dir() const {
     return const_cast<DurabilityTest*>(this)->daemon().state_dir();
   }
@@ -154,6 +154,16 @@ std::optional<std::map<Bytes, Bytes>> acl_entries(const std::string& pin_dir, ui
   EXPECT_TRUE(ks.ok()) << ks.error().message();
   if (!ks.ok() || !ks->has_value()) return std::nullopt;
   return (*ks)->entries;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
 }
 
 void unpin_everything(const std::string& dir) {
@@ -391,67 +401,47 @@ TEST_F(DurabilityTest, G8_ARecordIsNeverAppliedToAnotherPinDir) {
   EXPECT_EQ(get_state().generation(), 1u);
 }
 
-TEST_F(DurabilityTest, G8_CorruptOrTruncatedRecordRefusesToStartAndSaysHowToRecover) {
-  push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
-  stop_daemon_expect_clean();
-  const std::string path = state_file();
-  const auto size = fs::file_size(path);
+TEST_F(DurabilityTest, G8_TruncatedOrEmptiedDatabaseRefusesToStartAndSaysHowToRecover) {
+  for (int i = 0; i < 20; ++i) push_ok(acl_push(i, {{"10.0.0.0/8", 1}}, "a" + std::to_string(i)));
+  stop_daemon_expect_clean();  // a clean stop folds the write-ahead log into state.db
+  const std::string path = state_db();
+  const std::string bytes = read_file(path);
+  ASSERT_GT(bytes.size(), 8u * 4096);
 
-  std::string bytes;
-  {
-    std::ifstream in(path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  ASSERT_EQ(bytes.size(), size);
-
-  // Truncated (a torn write policyd's rename protocol never leaves, but a disk might).
-  fs::resize_file(path, size - 3);
+  fs::resize_file(path, bytes.size() / 2);
   std::string log = start_expect_refusal();
-  EXPECT_TRUE(contains_all(log, {path, "corrupt", "truncated", "to recover", "mv"})) << log;
-  // Empty.
+  EXPECT_TRUE(contains_all(log, {path, "damaged", "to recover", "mv " + path})) << log;
   fs::resize_file(path, 0);
   log = start_expect_refusal();
-  EXPECT_TRUE(contains_all(log, {path, "corrupt", "truncated"})) << log;
+  EXPECT_TRUE(contains_all(log, {path, "empty", "to recover"})) << log;
   // Restored from a backup: it starts on the recorded generation.
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << bytes;
-  }
+  write_bytes(path, bytes);
   restart_daemon();
-  EXPECT_EQ(get_state().generation(), 1u);
+  EXPECT_EQ(get_state().generation(), 20u);
 }
 
-TEST_F(DurabilityTest, G8_DamagedContentsFileAndFlippedByteAreReported) {
-  push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "a"));
+TEST_F(DurabilityTest, G8_ACorruptedPageOrAWalWithoutItsDatabaseIsRefusedAndTheAdviceWorks) {
+  for (int i = 0; i < 20; ++i) push_ok(acl_push(i, {{"10.0.0.0/8", 1}}, "a" + std::to_string(i)));
   stop_daemon_expect_clean();
-  const std::string path = state_file();
-  std::string bytes;
-  {
-    std::ifstream in(path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  std::string flipped = bytes;
-  flipped[flipped.size() / 2] ^= 0x40;
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << flipped;
-  }
+  const std::string path = state_db();
+  const std::string bytes = read_file(path);
+  std::string scribbled = bytes;
+  for (size_t i = 3 * 4096; i < 3 * 4096 + 64 && i < scribbled.size(); ++i) scribbled[i] = 0x5a;
+  write_bytes(path, scribbled);
   std::string log = start_expect_refusal();
-  EXPECT_TRUE(contains_all(log, {path, "corrupt", "checksum"})) << log;
+  EXPECT_TRUE(contains_all(log, {path, "damaged", "to recover"})) << log;
+  EXPECT_EQ(read_file(path), scribbled) << "the refused start changed the database";
 
-  // The manifest is fine again, but a contents file it names is damaged.
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << bytes;
-  }
-  std::vector<fs::path> contents;
-  for (const auto& e : fs::directory_iterator(daemon_state_dir() + "/contents")) {
-    contents.push_back(e.path());
-  }
-  ASSERT_FALSE(contents.empty());
-  for (const fs::path& p : contents) fs::resize_file(p, fs::file_size(p) - 1);
+  // A crash leaves the last commits in the write-ahead log; then state.db is lost.
+  write_bytes(path, bytes);
+  restart_daemon();
+  push_ok(acl_push(0, {{"10.0.0.0/8", 2}}, "in the log"));
+  kill_daemon();
+  ASSERT_TRUE(fs::exists(path + "-wal"));
+  fs::rename(path, path + ".lost");
   log = start_expect_refusal();
-  EXPECT_TRUE(contains_all(log, {"contents", "corrupt", "to recover"})) << log;
+  EXPECT_TRUE(contains_all(log, {path, "write-ahead log", "to recover"})) << log;
+  EXPECT_FALSE(fs::exists(path)) << "a new, empty database replaced the lost one";
 
   // The advice works: with the state directory moved aside, policyd adopts what is pinned.
   fs::rename(daemon_state_dir(), daemon_state_dir() + ".bad");
@@ -657,6 +647,133 @@ TEST_F(DurabilityTest, G5_G8_SurvivesFiftySigkillsWithoutLosingAGenerationOrACou
       << "drained totals + live counters != program hits after " << kKills << " SIGKILLs";
 
   assert_no_leaked_inner_maps(foreign, "at the end");
+}
+
+// The crash loop at scale: 4,096 populated slots of a hash outer map. Every generation writes
+// its sequence number into a marker slot and three random slots; after each SIGKILL the start
+// must bring back exactly one recorded generation (the newest, acked or in flight), every slot
+// that the record names, and a GetState that matches the kernel slot by slot.
+class HashCrashLoopTest : public DurabilityTest {
+ protected:
+  static constexpr uint32_t kTenants = 4096;
+  DaemonOptions daemon_options() const override {
+    DaemonOptions o = DurabilityTest::daemon_options();
+    o.log_level = "warn";
+    o.max_message_bytes = 4 << 20;
+    o.max_entries_per_push = 1 << 16;
+    o.maps_yaml = R"(maps:
+  - name: tenants
+    type: hash_of_maps
+    slots: 4200
+    slot_key: [{name: tenant, type: u32}]
+    drain: entries
+    inner:
+      type: hash
+      max_entries: 1
+      key:   [{name: k, type: u32}]
+      value: [{name: seq, type: u64, counter: true}]
+)";
+    return o;
+  }
+
+  static v1::SlotRef tenant(uint32_t t) { return fields_slot({{"tenant", std::to_string(t)}}); }
+  static void set_tenant(v1::PushGenerationRequest& req, uint32_t t, uint64_t seq) {
+    add_change(req, "tenants", tenant(t),
+               {typed_entry({{"k", "0"}}, {{"seq", std::to_string(seq)}})});
+  }
+  // The seq value the kernel holds in tenant `t` (nullopt: empty slot).
+  std::optional<uint64_t> kernel_seq(uint32_t t) {
+    auto ks = read_kernel_slot(pin("tenants"), u32le(t));
+    EXPECT_TRUE(ks.ok()) << ks.error().message();
+    if (!ks.ok() || !ks->has_value() || (*ks)->entries.size() != 1) return std::nullopt;
+    uint64_t v = 0;
+    std::memcpy(&v, (*ks)->entries.begin()->second.data(), sizeof v);
+    return v;
+  }
+};
+
+TEST_F(HashCrashLoopTest, G8_G9_SurvivesSigkillsAt4096SlotsOfAHashOuterMap) {
+  constexpr int kKills = 8;
+  constexpr uint32_t kMarker = 0;
+  const uint32_t seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  for (uint32_t first = 0; first < kTenants; first += 1024) {
+    v1::PushGenerationRequest fill;
+    fill.set_label("fill");
+    for (uint32_t t = first; t < first + 1024; ++t) set_tenant(fill, t, 0);
+    push_ok(fill);
+  }
+  std::atomic<uint64_t> seq{0};
+  uint64_t max_acked = 0;
+  for (int kill = 0; kill < kKills && !HasFatalFailure(); ++kill) {
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> acked{max_acked};
+    std::atomic<int> pushing{0};
+    std::vector<std::thread> pushers;
+    for (int p = 0; p < 3; ++p) {
+      pushers.emplace_back([&, p, stub = daemon().new_stub()] {
+        std::mt19937 local(seed + static_cast<uint32_t>(p) + static_cast<uint32_t>(kill) * 7);
+        bool first_ack = true;
+        while (!stop) {
+          const uint64_t n = ++seq;
+          v1::PushGenerationRequest req;
+          req.set_label("s" + std::to_string(n));
+          set_tenant(req, kMarker, n);
+          std::set<uint32_t> picked;
+          while (picked.size() < 3) picked.insert(1 + local() % (kTenants - 1));
+          for (uint32_t t : picked) set_tenant(req, t, n);
+          grpc::ClientContext ctx;
+          set_deadline(ctx, std::chrono::seconds(10));
+          v1::PushGenerationResponse resp;
+          const bool ok = stub->PushGeneration(&ctx, req, &resp).ok();
+          if (first_ack) ++pushing;
+          first_ack = false;
+          if (!ok) return;  // the daemon died
+          uint64_t seen = acked;
+          while (resp.generation() > seen &&
+                 !acked.compare_exchange_weak(seen, resp.generation())) {
+          }
+        }
+      });
+    }
+    const auto connected_by = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (pushing < 3 && std::chrono::steady_clock::now() < connected_by) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::uniform_int_distribution<>(5, 200)(rng)));
+    kill_daemon();
+    stop = true;
+    for (std::thread& t : pushers) t.join();
+    max_acked = acked;
+
+    restart_daemon();
+    ASSERT_FALSE(HasFatalFailure()) << "restart " << kill;
+    const v1::ListGenerationsResponse gens = list_generations();
+    ASSERT_GT(gens.generations_size(), 0);
+    EXPECT_GE(gens.generations(0).generation(), max_acked)
+        << "restart " << kill << ": an acked generation was lost";
+    const std::optional<uint64_t> marker = kernel_seq(kMarker);
+    ASSERT_TRUE(marker.has_value());
+    if (*marker != 0) {
+      EXPECT_EQ(gens.generations(0).label(), "s" + std::to_string(*marker))
+          << "restart " << kill << ": the record and the kernel disagree";
+    }
+    // Every tenant is populated, and GetState agrees with the kernel slot by slot.
+    Result<KernelSnapshot> snap = kernel_snapshot(pin_dir(), {"tenants"});
+    ASSERT_TRUE(snap.ok()) << snap.error().message();
+    const KernelSnapshot& kernel = *snap;
+    ASSERT_EQ(kernel.at("tenants").size(), kTenants) << "restart " << kill;
+    std::map<Bytes, uint32_t> reported;
+    const v1::GetStateResponse state = get_state();
+    for (const v1::MapState& m : state.maps()) {
+      if (m.name() != "tenants") continue;
+      for (const v1::SlotState& s : m.live_slots())
+        reported[Bytes(s.slot().key().begin(), s.slot().key().end())] = s.map_id();
+    }
+    EXPECT_EQ(reported, kernel.at("tenants")) << "restart " << kill;
+  }
 }
 
 // A state_dir in the format written before the SQLite store (tests/e2e/fixtures/state_v1: how

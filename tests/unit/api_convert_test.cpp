@@ -459,7 +459,7 @@ TEST(ConvertStateTest, HeaderAndHistoryFromView) {
   rec.changes = 2;
   rec.entries = 10;
   rec.request_id = "r";
-  view.history = {rec};
+  view.history = {std::make_shared<const core::GenerationRecord>(rec)};
 
   v1::GetStateResponse s;
   to_state_header(view, &s);

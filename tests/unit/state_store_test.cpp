@@ -1,17 +1,52 @@
-// StateStore: round trip of the record and contents files, detection of every kind of damage,
-// the directory lock, and garbage collection of contents no generation refers to.
+// StateStore on SQLite: round trip of the record, history bound and undo with the contents
+// only they named, the refusal of every kind of damage (with the way to recover, touching
+// nothing), the directory lock, the one-time import of the earlier format, and the sqlite3 CLI.
 #include "core/state_store.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 namespace policyd::core {
 namespace {
 
 namespace fs = std::filesystem;
+
+const Bytes kSlot0{0, 0, 0, 0};
+const Bytes kSlot1{1, 0, 0, 0};
+
+std::vector<Entry> entries(uint8_t tag) {
+  return {Entry{{1, 2, 3, 4}, {tag, 0, 0, 0, 0, 0, 0, 0}},
+          Entry{{5, 6, 7, 8}, {tag, 1, 0, 0, 0, 0, 0, 0}}};
+}
+
+EncodedContentsPtr contents(uint8_t tag) {
+  return std::make_shared<const EncodedContents>(encode_contents(entries(tag), 4, 8));
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// What `sql` prints through Debian's sqlite3 CLI on `db`, read-only.
+std::string sqlite3_cli(const std::string& db, const std::string& sql) {
+  const std::string cmd = "sqlite3 -readonly '" + db + "' \"" + sql + "\" 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return "popen failed";
+  std::string out;
+  char buf[512];
+  while (size_t n = ::fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
 
 class StateStoreTest : public ::testing::Test {
  protected:
@@ -19,216 +54,294 @@ class StateStoreTest : public ::testing::Test {
     char tmpl[] = "/tmp/policyd-state-XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
+    state_dir_ = dir_ + "/state";
   }
   void TearDown() override { fs::remove_all(dir_); }
 
   std::unique_ptr<StateStore> open() {
-    auto s = StateStore::open(dir_ + "/state");
+    auto s = StateStore::open(state_dir_);
     EXPECT_TRUE(s.ok()) << s.error().message();
     return s.ok() ? std::move(s).value() : nullptr;
   }
 
-  static std::vector<Entry> entries(uint8_t tag) {
-    return {Entry{{1, 2, 3, 4}, {tag, 0, 0, 0, 0, 0, 0, 0}},
-            Entry{{5, 6, 7, 8}, {tag, 1, 0, 0, 0, 0, 0, 0}}};
-  }
-
-  // A state whose current generation holds `digest` in acl slot 0.
-  static StoredState state_with(uint64_t id, const Digest& digest) {
-    StoredState st;
-    st.generation = id;
+  // Generation `id` puts contents(tag) in acl `slot` (previously `previous`, or empty).
+  static RecordUpdate generation(uint64_t id, const Bytes& slot, uint8_t tag,
+                                 const EncodedContentsPtr& previous, uint32_t inner_id) {
+    RecordUpdate up;
+    EncodedContentsPtr c = contents(tag);
     StoredGeneration g;
     g.id = id;
     g.label = "g" + std::to_string(id);
-    g.slots.push_back({"acl", {0, 0, 0, 0}, digest, 42});
-    g.content_hash = generation_hash(g.slots);
-    st.history.push_back(g);
-    st.drained.push_back({"acl", {0, 0, 0, 0}, "hits", 7});
-    st.drained_inner_ids = {9, 10};
-    return st;
-  }
-
-  static void flip_byte(const std::string& path, size_t from_end) {
-    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(-static_cast<std::streamoff>(from_end), std::ios::end);
-    char c = 0;
-    f.read(&c, 1);
-    f.seekp(-static_cast<std::streamoff>(from_end), std::ios::end);
-    c ^= 0x01;
-    f.write(&c, 1);
+    g.request_id = "req-" + std::to_string(id);
+    g.changes = 1;
+    g.entries = 2;
+    g.slots.push_back({"acl", slot, c->digest, previous ? previous->digest : Digest{}});
+    up.generations.push_back(g);
+    up.slots.push_back({"acl", slot, c->digest, inner_id});
+    up.contents.push_back(c);
+    up.generation = id;
+    return up;
   }
 
   std::string dir_;
+  std::string state_dir_;
 };
 
 TEST_F(StateStoreTest, G8_NoRecordOnFirstStart) {
   auto store = open();
-  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store);
   auto loaded = store->load();
   ASSERT_TRUE(loaded.ok()) << loaded.error().message();
   EXPECT_FALSE(loaded->has_value());
+  EXPECT_TRUE(fs::exists(state_dir_ + "/state.db"));
 }
 
-TEST_F(StateStoreTest, G8_RecordAndContentsRoundTrip) {
+TEST_F(StateStoreTest, G8_RecordRoundTripsThroughARestart) {
+  {
+    auto store = open();
+    ASSERT_TRUE(store);
+    RecordUpdate first = generation(1, kSlot0, 1, nullptr, 40);
+    first.pin_dir = "/sys/fs/bpf/p";
+    first.totals.push_back({"acl", kSlot0, "hits", 7});
+    first.drained_inner_ids = std::vector<uint32_t>{9, 10};
+    ASSERT_TRUE(store->write(first).ok());
+    RecordUpdate second = generation(2, kSlot0, 2, contents(1), 41);
+    second.totals.push_back({"acl", kSlot0, "hits", 1ull << 63});  // u64 survives INTEGER
+    ASSERT_TRUE(store->write(second).ok());
+  }
   auto store = open();
-  ASSERT_NE(store, nullptr);
-  auto digest = store->put_contents(entries(7), 4, 8);
-  ASSERT_TRUE(digest.ok()) << digest.error().message();
-  ASSERT_TRUE(store->sync_contents().ok());
-  ASSERT_TRUE(store->write(state_with(3, *digest)).ok());
-
+  ASSERT_TRUE(store);
   auto loaded = store->load();
   ASSERT_TRUE(loaded.ok()) << loaded.error().message();
   ASSERT_TRUE(loaded->has_value());
   const StoredState& st = **loaded;
-  EXPECT_EQ(st.generation, 3u);
-  ASSERT_EQ(st.history.size(), 1u);
-  EXPECT_EQ(st.history[0].label, "g3");
+  EXPECT_EQ(st.pin_dir, "/sys/fs/bpf/p");
+  EXPECT_EQ(st.generation, 2u);
+  ASSERT_EQ(st.slots.size(), 1u);
+  EXPECT_EQ(st.slots[0].inner_id, 41u);
+  EXPECT_EQ(st.slots[0].contents, contents(2)->digest);
+  ASSERT_EQ(st.history.size(), 2u);
+  EXPECT_EQ(st.history[0].id, 2u);
+  EXPECT_EQ(st.history[0].request_id, "req-2");
   ASSERT_EQ(st.history[0].slots.size(), 1u);
-  EXPECT_EQ(st.history[0].slots[0].inner_id, 42u);
-  EXPECT_EQ(st.history[0].slots[0].contents, *digest);
+  EXPECT_EQ(st.history[0].slots[0].previous, contents(1)->digest);
   ASSERT_EQ(st.drained.size(), 1u);
-  EXPECT_EQ(st.drained[0].total, 7u);
+  EXPECT_EQ(st.drained[0].total, 1ull << 63);
   EXPECT_EQ(st.drained_inner_ids, (std::vector<uint32_t>{9, 10}));
-
-  auto back = store->get_contents(*digest);
+  auto back = store->get_contents(contents(2)->digest);
   ASSERT_TRUE(back.ok()) << back.error().message();
   ASSERT_EQ(back->size(), 2u);
-  EXPECT_EQ((*back)[1].value, entries(7)[1].value);
-  // Content addressed: the same entries give the same file.
-  auto again = store->put_contents(entries(7), 4, 8);
-  ASSERT_TRUE(again.ok());
-  EXPECT_EQ(*again, *digest);
+  EXPECT_EQ((*back)[1].value, entries(2)[1].value);
 }
 
-TEST_F(StateStoreTest, G8_EveryKindOfDamageIsReportedWithTheWayToRecover) {
+TEST_F(StateStoreTest, G8_HistoryBeyondItsBoundGoesWithTheContentsOnlyItNamed) {
   auto store = open();
-  ASSERT_NE(store, nullptr);
-  auto digest = store->put_contents(entries(1), 4, 8);
-  ASSERT_TRUE(digest.ok());
-  ASSERT_TRUE(store->write(state_with(1, *digest)).ok());
-  const std::string path = store->manifest_path();
-  const auto size = fs::file_size(path);
-  std::string good;
-  {
-    std::ifstream in(path, std::ios::binary);
-    good.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  auto restore = [&] {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << good;
-  };
-  auto expect_corrupt = [&](const std::string& why) {
-    auto r = store->load();
-    ASSERT_FALSE(r.ok()) << why << ": a damaged record was accepted";
-    EXPECT_NE(r.error().context.find("corrupt"), std::string::npos) << r.error().context;
-    EXPECT_NE(r.error().context.find(why), std::string::npos) << r.error().context;
-    EXPECT_NE(r.error().context.find("To recover"), std::string::npos) << r.error().context;
-    restore();
-  };
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->write(generation(1, kSlot0, 1, nullptr, 1)).ok());
+  ASSERT_TRUE(store->write(generation(2, kSlot0, 2, contents(1), 2)).ok());
+  RecordUpdate third = generation(3, kSlot0, 3, contents(2), 3);
+  third.keep_from = 3;  // generations 1 and 2 leave the history
+  ASSERT_TRUE(store->write(third).ok());
+  auto loaded = store->load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  ASSERT_EQ((*loaded)->history.size(), 1u);
+  EXPECT_EQ((*loaded)->history[0].id, 3u);
+  // Contents 2 is still named (as generation 3's previous); contents 1 is not.
+  EXPECT_TRUE(store->get_contents(contents(2)->digest).ok());
+  auto gone = store->get_contents(contents(1)->digest);
+  ASSERT_FALSE(gone.ok());
+  EXPECT_NE(gone.error().message().find("not in the contents table"), std::string::npos);
+}
 
-  fs::resize_file(path, size - 1);
-  expect_corrupt("truncated");
-  fs::resize_file(path, 10);
-  expect_corrupt("truncated");
-  flip_byte(path, 1);
-  expect_corrupt("checksum");
-  flip_byte(path, size);  // first byte of the magic
-  expect_corrupt("bad magic");
+TEST_F(StateStoreTest, G8_UndoOfARefusedBatchPutsBackTheRecordBeforeIt) {
+  auto store = open();
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->write(generation(1, kSlot0, 1, nullptr, 11)).ok());
+  RecordUpdate batch = generation(2, kSlot1, 2, nullptr, 12);
+  ASSERT_TRUE(store->write(batch).ok());
+  RecordUpdate undo;
+  undo.drop_from = 2;
+  undo.generation = 1;
+  undo.slots.push_back({"acl", kSlot1, {}, 0});
+  ASSERT_TRUE(store->write(undo).ok());
+  auto loaded = store->load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.error().message();
+  EXPECT_EQ((*loaded)->generation, 1u);
+  ASSERT_EQ((*loaded)->history.size(), 1u);
+  ASSERT_EQ((*loaded)->slots.size(), 1u);
+  EXPECT_EQ((*loaded)->slots[0].slot, kSlot0);
+  EXPECT_FALSE(store->get_contents(contents(2)->digest).ok()) << "undone contents kept";
+}
 
-  const std::string contents = dir_ + "/state/contents/" + digest_hex(*digest);
-  flip_byte(contents, 2);
-  auto r = store->get_contents(*digest);
-  ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().context.find("checksum"), std::string::npos) << r.error().context;
-  fs::remove(contents);
-  r = store->get_contents(*digest);
-  ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().context.find(contents), std::string::npos) << r.error().context;
+// A write that failed is retried together with the next one: both land, in order.
+TEST_F(StateStoreTest, G8_AnUpdateRetriedWithTheNextLandsInOrder) {
+  auto store = open();
+  ASSERT_TRUE(store);
+  RecordUpdate first = generation(1, kSlot0, 1, nullptr, 1);
+  RecordUpdate second = generation(2, kSlot0, 2, contents(1), 2);
+  ASSERT_TRUE(store->write({&first, &second}).ok());
+  auto loaded = store->load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_EQ((*loaded)->generation, 2u);
+  ASSERT_EQ((*loaded)->slots.size(), 1u);
+  EXPECT_EQ((*loaded)->slots[0].inner_id, 2u);
+  EXPECT_EQ((*loaded)->history.size(), 2u);
 }
 
 TEST_F(StateStoreTest, G8_ASecondDaemonOnTheSameDirectoryIsRefused) {
   auto first = open();
-  ASSERT_NE(first, nullptr);
-  auto second = StateStore::open(dir_ + "/state");
+  ASSERT_TRUE(first);
+  auto second = StateStore::open(state_dir_);
   ASSERT_FALSE(second.ok());
-  EXPECT_NE(second.error().context.find("in use by another policyd"), std::string::npos);
+  EXPECT_NE(second.error().message().find("in use by another policyd"), std::string::npos);
   first.reset();
-  EXPECT_TRUE(StateStore::open(dir_ + "/state").ok()) << "the lock outlived its holder";
+  EXPECT_TRUE(StateStore::open(state_dir_).ok()) << "the lock outlived its holder";
 }
 
-TEST_F(StateStoreTest, G6_G8_ContentsNoGenerationNamesAreRemovedButPendingOnesStay) {
-  auto store = open();
-  ASSERT_NE(store, nullptr);
-  auto a = store->put_contents(entries(1), 4, 8);
-  auto b = store->put_contents(entries(2), 4, 8);
-  ASSERT_TRUE(a.ok() && b.ok());
-  StoredState first = state_with(1, *a);
-  ASSERT_TRUE(store->write(first).ok());
-  store->collect_garbage(first);
-  // b was put for a generation that is not recorded yet: held, it survives the collection.
-  const std::string dir = dir_ + "/state/contents/";
-  EXPECT_TRUE(fs::exists(dir + digest_hex(*b)));
-  StoredState second = state_with(2, *b);
-  ASSERT_TRUE(store->write(second).ok());
-  store->collect_garbage(second);
-  EXPECT_TRUE(fs::exists(dir + digest_hex(*a))) << "a is still held by its put";
-  store->release({*a});
-  store->collect_garbage(second);
-  EXPECT_FALSE(fs::exists(dir + digest_hex(*a))) << "a is neither recorded nor held";
-  EXPECT_TRUE(fs::exists(dir + digest_hex(*b)));
+// ---- damage ---------------------------------------------------------------------------------
+
+class StateStoreDamageTest : public StateStoreTest {
+ protected:
+  // A record of 40 generations, closed (SQLite checkpoints the log into the file on close).
+  void write_record() {
+    auto store = open();
+    ASSERT_TRUE(store);
+    for (uint64_t id = 1; id <= 40; ++id) {
+      RecordUpdate up = generation(id, Bytes{static_cast<uint8_t>(id), 0, 0, 0},
+                                   static_cast<uint8_t>(id), nullptr, static_cast<uint32_t>(id));
+      ASSERT_TRUE(store->write(up).ok());
+    }
+  }
+
+  // Opening is refused, names the database and the way out, and leaves every file as it was.
+  void expect_refused(const std::string& what) {
+    std::map<std::string, std::string> before;
+    for (const auto& e : fs::directory_iterator(state_dir_)) {
+      if (e.is_regular_file() && e.path().filename() != "lock")
+        before[e.path().filename()] = read_file(e.path());
+    }
+    auto store = StateStore::open(state_dir_);
+    ASSERT_FALSE(store.ok()) << what << ": opened";
+    const std::string msg = store.error().message();
+    EXPECT_NE(msg.find(state_dir_ + "/state.db"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(what), std::string::npos) << msg;
+    EXPECT_NE(msg.find("mv " + state_dir_ + "/state.db"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("restore the state directory from a backup"), std::string::npos) << msg;
+    std::map<std::string, std::string> after;
+    for (const auto& e : fs::directory_iterator(state_dir_)) {
+      if (e.is_regular_file() && e.path().filename() != "lock")
+        after[e.path().filename()] = read_file(e.path());
+    }
+    EXPECT_EQ(before, after) << what << ": the refused open changed files in " << state_dir_;
+  }
+};
+
+TEST_F(StateStoreDamageTest, G8_ATruncatedDatabaseIsRefusedWithTheWayToRecover) {
+  write_record();
+  const std::string db = state_dir_ + "/state.db";
+  const auto size = fs::file_size(db);
+  ASSERT_GT(size, 4u * 4096);
+  fs::resize_file(db, size / 2);
+  expect_refused("damaged or unreadable");
 }
 
-// A push whose contents a recorded generation already has finds the file on disk; a later
-// record that drops that generation must not delete the file while the push is in flight.
-TEST_F(StateStoreTest, G8_AFileFoundOnDiskIsHeldForThePushThatFoundIt) {
-  auto store = open();
-  ASSERT_NE(store, nullptr);
-  auto a = store->put_contents(entries(1), 4, 8);
-  ASSERT_TRUE(a.ok());
-  StoredState first = state_with(1, *a);
-  ASSERT_TRUE(store->write(first).ok());
-  store->release({*a});                                // the push that wrote it was acked
-  auto again = store->put_contents(entries(1), 4, 8);  // a new push, same contents
-  ASSERT_TRUE(again.ok());
-  // Another commit's record still names a: collecting with it must not end the hold.
-  ASSERT_TRUE(store->write(first).ok());
-  store->collect_garbage(first);
-  auto b = store->put_contents(entries(2), 4, 8);
-  ASSERT_TRUE(b.ok());
-  StoredState without_a = state_with(2, *b);
-  ASSERT_TRUE(store->write(without_a).ok());
-  store->collect_garbage(without_a);
-  const std::string dir = dir_ + "/state/contents/";
-  EXPECT_TRUE(fs::exists(dir + digest_hex(*a))) << "deleted under the push that needs it";
+TEST_F(StateStoreDamageTest, G8_AnEmptiedDatabaseIsRefused) {
+  write_record();
+  fs::resize_file(state_dir_ + "/state.db", 0);
+  expect_refused("the file is empty");
 }
 
-// Writing a record never deletes contents: only collect_garbage() does, with the record that
-// stays (a commit that fails puts the previous record back).
-TEST_F(StateStoreTest, G8_WritingARecordDeletesNothing) {
-  auto store = open();
-  ASSERT_NE(store, nullptr);
-  auto a = store->put_contents(entries(1), 4, 8);
-  auto b = store->put_contents(entries(2), 4, 8);
-  ASSERT_TRUE(a.ok() && b.ok());
-  store->release({*a, *b});
-  ASSERT_TRUE(store->write(state_with(1, *a)).ok());
-  ASSERT_TRUE(store->write(state_with(2, *b)).ok());
-  const std::string dir = dir_ + "/state/contents/";
-  EXPECT_TRUE(fs::exists(dir + digest_hex(*a)));
-  EXPECT_TRUE(fs::exists(dir + digest_hex(*b)));
+TEST_F(StateStoreDamageTest, G8_ACorruptedPageIsFoundByTheIntegrityCheck) {
+  write_record();
+  const std::string db = state_dir_ + "/state.db";
+  // Page 3 onwards hold the tables' b-trees: scribble over the header of one of them.
+  std::fstream f(db, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(3 * 4096);
+  const std::string junk(64, '\x5a');
+  f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  f.close();
+  expect_refused("damaged or unreadable");
 }
 
-TEST_F(StateStoreTest, G6_G8_TempFilesACrashLeftAreRemovedAtOpen) {
+TEST_F(StateStoreDamageTest, G8_AWriteAheadLogWithoutItsDatabaseIsRefused) {
+  // A crash leaves committed transactions in the log; then the database file goes missing.
   {
     auto store = open();
-    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store);
+    ASSERT_TRUE(store->write(generation(1, kSlot0, 1, nullptr, 1)).ok());
+    fs::copy_file(state_dir_ + "/state.db-wal", dir_ + "/saved-wal");
   }
-  const std::string temp = dir_ + "/state/contents/abc.tmp.1.2";
-  std::ofstream(temp) << "partial";
+  fs::remove(state_dir_ + "/state.db");
+  fs::copy_file(dir_ + "/saved-wal", state_dir_ + "/state.db-wal");
+  expect_refused("write-ahead log");
+  EXPECT_FALSE(fs::exists(state_dir_ + "/state.db")) << "a new database replaced the lost one";
+}
+
+TEST_F(StateStoreDamageTest, G8_AFileThatIsNotADatabaseIsRefused) {
+  fs::create_directories(state_dir_);
+  std::ofstream(state_dir_ + "/state.db") << "this is not an SQLite database, but long enough "
+                                             "to have a header of one: 0123456789abcdef";
+  expect_refused("damaged or unreadable");
+}
+
+// ---- import and the CLI ---------------------------------------------------------------------
+
+TEST_F(StateStoreTest, G8_AStateDirOfTheEarlierFormatIsImportedOnceAndSetAside) {
+  fs::create_directories(state_dir_);
+  fs::copy(STATE_V1_FIXTURE, state_dir_, fs::copy_options::recursive);
+  {
+    auto store = open();
+    ASSERT_TRUE(store);
+    auto loaded = store->load();
+    ASSERT_TRUE(loaded.ok()) << loaded.error().message();
+    ASSERT_TRUE(loaded->has_value());
+    const StoredState& st = **loaded;
+    EXPECT_EQ(st.pin_dir, "/sys/fs/bpf/policyd-fixture-state-v1");
+    EXPECT_EQ(st.generation, 2u);
+    ASSERT_EQ(st.history.size(), 2u);
+    EXPECT_EQ(st.history[0].request_id, "fixture-req-b");
+    EXPECT_EQ(st.history[1].request_id, "fixture-req-a");
+    // Generation 2 changed acl slot 5 (from generation 1's contents) and added a ports slot.
+    ASSERT_EQ(st.history[0].slots.size(), 2u);
+    EXPECT_EQ(st.slots.size(), 2u);
+    for (const StoredSlot& s : st.slots) EXPECT_TRUE(store->get_contents(s.contents).ok());
+    ASSERT_EQ(st.drained.size(), 1u);
+    EXPECT_EQ(st.drained[0].field, "hits");
+    EXPECT_EQ(st.drained[0].total, 42u);
+  }
+  EXPECT_FALSE(fs::exists(state_dir_ + "/state"));
+  EXPECT_TRUE(fs::exists(state_dir_ + "/v1-imported/state"));
+  EXPECT_TRUE(fs::exists(state_dir_ + "/v1-imported/contents"));
+  // A second start reads the database; the files set aside are not imported again.
   auto store = open();
-  ASSERT_NE(store, nullptr);
-  EXPECT_FALSE(fs::exists(temp));
+  ASSERT_TRUE(store);
+  auto loaded = store->load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_EQ((*loaded)->generation, 2u);
+}
+
+TEST_F(StateStoreTest, G8_ADamagedFileOfTheEarlierFormatIsRefusedAndNothingIsCreated) {
+  fs::create_directories(state_dir_);
+  fs::copy(STATE_V1_FIXTURE, state_dir_, fs::copy_options::recursive);
+  fs::resize_file(state_dir_ + "/state", fs::file_size(state_dir_ + "/state") - 3);
+  auto store = StateStore::open(state_dir_);
+  ASSERT_FALSE(store.ok());
+  EXPECT_NE(store.error().message().find(state_dir_ + "/state"), std::string::npos);
+  EXPECT_NE(store.error().message().find("truncated"), std::string::npos)
+      << store.error().message();
+  EXPECT_FALSE(fs::exists(state_dir_ + "/state.db"));
+  EXPECT_TRUE(fs::exists(state_dir_ + "/state")) << "the damaged file was moved";
+}
+
+TEST_F(StateStoreTest, G8_OperatorsReadTheRecordWithTheSqlite3CliWhilePolicydRuns) {
+  auto store = open();
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->write(generation(1, kSlot0, 1, nullptr, 77)).ok());
+  const std::string db = state_dir_ + "/state.db";
+  EXPECT_EQ(sqlite3_cli(db, "SELECT id, label, request_id FROM generations"), "1|g1|req-1\n");
+  EXPECT_EQ(sqlite3_cli(db, "SELECT map, hex(slot), inner_id FROM slots"), "acl|00000000|77\n");
+  EXPECT_EQ(sqlite3_cli(db, "SELECT count FROM contents"), "2\n");
+  EXPECT_EQ(sqlite3_cli(db, "PRAGMA journal_mode"), "wal\n");
 }
 
 }  // namespace

@@ -1,0 +1,130 @@
+// Committer::Impl, private to committer.cpp (the pipeline and the commit) and
+// committer_recovery.cpp (start-up recovery, G8). Not included anywhere else.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/committer.h"
+#include "core/history.h"
+#include "core/request_ledger.h"
+#include "core/state_store.h"
+
+namespace policyd::core {
+
+// Runs one record write at a time on its own thread, so that the durable write of a batch
+// overlaps the kernel's swap and barrier.
+class RecordWriter {
+ public:
+  RecordWriter();
+  ~RecordWriter();
+  RecordWriter(const RecordWriter&) = delete;
+  RecordWriter& operator=(const RecordWriter&) = delete;
+  void start(std::function<Status()> job);
+  [[nodiscard]] Status wait();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::function<Status()> job_;
+  std::optional<Status> result_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+struct Committer::Impl {
+  // One accepted push (or rollback) travelling through the pipeline.
+  struct Item {
+    PushRequest request;
+    PushCallback done;
+    bool rollback = false;
+    uint64_t rollback_to = 0;  // 0: the generation before the current one
+    BuiltGeneration built;
+    std::vector<SlotContents> contents;       // per change: what the slot holds after (null: empty)
+    std::vector<EncodedContentsPtr> encoded;  // with a store: the contents rows it brings
+  };
+  using ItemPtr = std::shared_ptr<Item>;
+
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<StateStore> store;  // null: no durable state
+  CommitterOptions options;
+  RequestLedger ledger;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::shared_mutex maps_mu;  // shared: the builder's build(); exclusive: add_maps()
+  bool stopping = false;
+  bool builder_done = false;
+  bool committer_done = false;
+  std::deque<ItemPtr> accepted;  // waiting for the builder
+  std::deque<ItemPtr> built;     // waiting for the committer
+  std::deque<std::function<void(Engine*)>> posts;
+  std::vector<std::shared_ptr<EventListener>> listeners;
+  std::shared_ptr<const CommitterView> view;
+
+  // Committer-thread state.
+  SlotState state;
+  History history;
+  std::map<SlotKey, uint32_t> live_ids;      // inner map id per live slot
+  std::map<std::string, size_t> slots_used;  // populated slots per outer map
+  std::set<CounterKey> dirty_totals;         // drained totals not yet in the record
+  std::vector<RecordUpdate> unwritten;       // updates whose write failed: retried
+  RecordWriter writer;
+
+  std::thread builder_thread;
+  std::thread committer_thread;
+
+  Impl(std::unique_ptr<Engine> e, std::unique_ptr<StateStore> st, CommitterOptions o)
+      : engine(std::move(e)),
+        store(std::move(st)),
+        options(o),
+        ledger(o.remembered_requests),
+        history(o.history) {}
+
+  // committer.cpp: pipeline, commit, rollback, events.
+  void enqueue(ItemPtr item);
+  void finish(const ItemPtr& item, Result<PushResult> result);
+  void builder_loop();
+  void committer_loop();
+  Status prepare_contents(Item& item);
+  void commit_batch(std::vector<ItemPtr> items);
+  void retry_alone(const ItemPtr& item);
+  void run_rollback(const ItemPtr& item);
+  GenerationRecordPtr record(const Item& item, uint64_t id);
+  void revert(const std::vector<GenerationRecordPtr>& records);
+  void count_slots(const std::vector<SlotDelta>& deltas, int sign);
+  [[nodiscard]] std::string removed_map(const Generation& gen) const;
+  double drain_and_publish();
+  void for_each_listener(const std::function<void(EventListener&)>& fn);
+  void publish_view();
+
+  // The durable record (G8).
+  RecordUpdate batch_update(const std::vector<ItemPtr>& items,
+                            const std::vector<GenerationRecordPtr>& records, uint64_t keep_from,
+                            const std::map<SlotKey, uint32_t>& ids);
+  RecordUpdate undo_update(const std::vector<GenerationRecordPtr>& records);
+  void add_drain_state(RecordUpdate& update) const;
+  Status write_with_unwritten(const RecordUpdate& update);
+  void written();
+  void flush_idle();
+
+  // committer_recovery.cpp: start-up (G8).
+  Status recover();
+  Status adopt_without_record();
+  Status load_history(const StoredState& stored);
+  Result<Generation> repair_changes(const std::vector<StoredSlot>& recorded);
+  void read_live_ids();
+  Status load_adopted_state();
+};
+
+}  // namespace policyd::core
