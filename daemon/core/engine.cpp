@@ -763,6 +763,8 @@ Result<std::vector<DrainRecord>> Engine::drain() {
 EngineStats Engine::stats() const {
   EngineStats s = stats_;
   s.writer = writer_->stats();
+  s.build_threads_started = build_pool_.started();
+  s.barrier_threads_started = barrier_pool_.started();
   for (auto& [name, o] : outers_) {
     for (int bank = 0; bank < o->banks(); ++bank) s.live_inner_maps += o->slots[bank].size();
   }
