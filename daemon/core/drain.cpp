@@ -38,40 +38,49 @@ void add_counters(const InnerTemplate& inner, const uint8_t* value,
   }
 }
 
-}  // namespace
-
-Result<DrainRecord> drain_inner(const InnerMap& inner, const OuterMapConfig& map,
-                                uint64_t replaced_by) {
-  if (map.drain == DrainMode::kNone) {
-    DrainRecord rec;
-    rec.map = map.name;
-    rec.slot = inner.slot;
-    rec.map_id = inner.id;
-    rec.installed_by = inner.installed_by;
-    rec.replaced_by = replaced_by;
-    rec.mode = DrainMode::kNone;
-    return rec;
-  }
-  POLICYD_ASSIGN_OR_RETURN(DrainRecord rec, read_inner(inner, map));
-  rec.replaced_by = replaced_by;
-  return rec;
-}
-
-Result<DrainRecord> read_inner(const InnerMap& inner, const OuterMapConfig& map) {
+DrainRecord record_of(const InnerMap& inner, const OuterMapConfig& map, DrainMode mode) {
   DrainRecord rec;
   rec.map = map.name;
   rec.slot = inner.slot;
   rec.map_id = inner.id;
   rec.installed_by = inner.installed_by;
-  rec.mode = DrainMode::kEntries;
-  for (const CounterField& c : map.inner.counters) rec.counters[c.name] = 0;
+  rec.mode = mode;
+  if (mode == DrainMode::kEntries) {
+    for (const CounterField& c : map.inner.counters) rec.counters[c.name] = 0;
+  }
+  return rec;
+}
 
+Error read_error(const Error& e, const InnerMap& inner, const OuterMapConfig& map) {
+  return e.wrap("read map \"" + map.name + "\" slot " + slot_to_string(map.kind, inner.slot) +
+                " (id " + std::to_string(inner.id) + ")");
+}
+
+}  // namespace
+
+Result<DrainRecord> drain_inner(const InnerMap& inner, const OuterMapConfig& map,
+                                uint64_t replaced_by) {
+  DrainRecord rec = record_of(inner, map, map.drain);
+  rec.replaced_by = replaced_by;
+  if (map.drain == DrainMode::kNone) return rec;
+  POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(inner.fd.get()));
+  Status st = kernel::dump(inner.fd.get(), info, [&](const uint8_t*, const uint8_t* value) {
+    add_counters(map.inner, value, rec.counters);
+    ++rec.entry_count;
+  });
+  if (!st.ok()) return read_error(st.error(), inner, map);
+  return rec;
+}
+
+Result<DrainRecord> read_inner(const InnerMap& inner, const OuterMapConfig& map) {
+  DrainRecord rec = record_of(inner, map, DrainMode::kEntries);
   POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(inner.fd.get()));
   const size_t stride = cpu_stride(map.inner);
   const size_t cpus = cpu_count(map.inner);
   Status st = kernel::dump(inner.fd.get(), info, [&](const uint8_t* key, const uint8_t* value) {
     DrainedEntry e;
     e.key.assign(key, key + map.inner.key_size);
+    e.values.reserve(cpus);
     for (size_t cpu = 0; cpu < cpus; ++cpu) {
       const uint8_t* v = value + cpu * stride;
       e.values.emplace_back(v, v + map.inner.value_size);
@@ -79,11 +88,8 @@ Result<DrainRecord> read_inner(const InnerMap& inner, const OuterMapConfig& map)
     add_counters(map.inner, value, rec.counters);
     rec.entries.push_back(std::move(e));
   });
-  if (!st.ok()) {
-    return st.error().wrap("read map \"" + map.name + "\" slot " +
-                           slot_to_string(map.kind, inner.slot) + " (id " +
-                           std::to_string(inner.id) + ")");
-  }
+  if (!st.ok()) return read_error(st.error(), inner, map);
+  rec.entry_count = rec.entries.size();
   return rec;
 }
 

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <set>
 
 #include "core/drain.h"
@@ -738,31 +739,40 @@ Result<CommitReport> Engine::push(const Generation& gen) {
 
 Result<std::vector<DrainRecord>> Engine::drain() {
   std::vector<DrainRecord> records;
-  while (!pending_.empty()) {
-    PendingDrain& p = pending_.front();
+  // Drained maps leave pending_ in one erase at the end (also when one fails: it and the
+  // ones after it stay for the next drain), not one front erase each.
+  size_t done = 0;
+  std::optional<Error> failed;
+  for (; done < pending_.size(); ++done) {
+    PendingDrain& p = pending_[done];
+    if (!p.inner->fd.valid()) continue;
     const OuterMapConfig& cfg = configs_.at(p.inner->map);
-    if (p.inner->fd.valid()) {
-      Result<DrainRecord> rec = drain_inner(*p.inner, cfg, p.replaced_by);
-      if (!rec.ok()) return std::move(rec).error();  // stays pending; retried next time
-      for (auto& [field, total] : rec->counters) {
-        drained_totals_[CounterKey{cfg.name, p.inner->slot, field}] += total;
-      }
-      stats_.drained_maps++;
-      stats_.drained_entries += rec->entries.size();
-      records.push_back(std::move(rec).value());
-      if (!p.inner->drain_pin.empty()) drained_.push_back(p.inner);
-      // A group member's old bank may still reference the map until the next commit writes
-      // that bank; the kernel frees it then. policyd is done with it now.
-      p.inner->fd.reset();
+    Result<DrainRecord> rec = drain_inner(*p.inner, cfg, p.replaced_by);
+    if (!rec.ok()) {
+      failed = std::move(rec).error();  // stays pending; retried next time
+      break;
     }
-    pending_.erase(pending_.begin());
+    for (auto& [field, total] : rec->counters) {
+      drained_totals_[CounterKey{cfg.name, p.inner->slot, field}] += total;
+    }
+    stats_.drained_maps++;
+    stats_.drained_entries += rec->entry_count;
+    records.push_back(std::move(rec).value());
+    if (!p.inner->drain_pin.empty()) drained_.push_back(p.inner);
+    // A group member's old bank may still reference the map until the next commit writes
+    // that bank; the kernel frees it then. policyd is done with it now.
+    p.inner->fd.reset();
   }
+  pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
+  if (failed) return *std::move(failed);
   return records;
 }
 
 EngineStats Engine::stats() const {
   EngineStats s = stats_;
   s.writer = writer_->stats();
+  s.build_threads_started = build_pool_.started();
+  s.barrier_threads_started = barrier_pool_.started();
   for (auto& [name, o] : outers_) {
     for (int bank = 0; bank < o->banks(); ++bank) s.live_inner_maps += o->slots[bank].size();
   }

@@ -58,6 +58,10 @@ struct EngineStats {
   uint64_t drained_entries = 0;
   uint64_t live_inner_maps = 0;  // inner maps installed in outer maps (both banks of groups)
   WriterStats writer;            // rounds, waiting calls, explicit barriers
+  // Worker threads started so far: the pools start them when a build or a write round needs
+  // them, up to build_threads and barrier_threads (G6: an idle engine holds none it never used).
+  uint64_t build_threads_started = 0;
+  uint64_t barrier_threads_started = 0;
 };
 
 class Engine {

@@ -90,7 +90,10 @@ struct DrainedEntry {
   std::vector<Bytes> values;  // one per CPU for per-CPU maps, else exactly one
 };
 
-// What a replaced inner map held after the barrier: its final contents and counter sums.
+// What an inner map held when it was read: a drain (a replaced map, after the barrier) keeps
+// how many entries it had and the counter sums, never the entries themselves (nothing promises
+// them: the Watch API's Drained event and the metrics carry the count and the sums); a dump of
+// a live slot (Engine::dump_slot, the DumpSlot API) also keeps every entry and per-CPU value.
 struct DrainRecord {
   std::string map;
   Bytes slot;
@@ -98,7 +101,8 @@ struct DrainRecord {
   uint64_t installed_by = 0;  // generation that installed it (0: adopted or never committed)
   uint64_t replaced_by = 0;   // generation whose commit removed it from the data plane
   DrainMode mode = DrainMode::kEntries;
-  std::vector<DrainedEntry> entries;         // empty when mode is kNone
+  uint64_t entry_count = 0;                  // entries read; 0 when mode is kNone
+  std::vector<DrainedEntry> entries;         // dumps only: a drain leaves it empty
   std::map<std::string, uint64_t> counters;  // field -> sum over entries and CPUs
 };
 

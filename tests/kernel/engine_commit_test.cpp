@@ -738,7 +738,8 @@ TEST_P(EngineCommitTest, G8_ReopenAdoptsPinnedMapsWithoutTouchingTheDataPlane) {
   EXPECT_EQ(r.map, "adopt_arr");
   EXPECT_EQ(r.slot, u32_bytes(1));
   EXPECT_EQ(r.map_id, adopted);
-  EXPECT_EQ(r.entries.size(), 2u);
+  EXPECT_EQ(r.entry_count, 2u);
+  EXPECT_TRUE(r.entries.empty());
   EXPECT_EQ(r.counters.at("hits"), 42u);
   EXPECT_EQ(engine.drained_totals().at(CounterKey{"adopt_arr", u32_bytes(1), "hits"}), 42u);
   // The adopted map left the data plane and policyd let go of it.

@@ -199,7 +199,7 @@ TEST_P(EngineDatapathTest, G4_EveryCommitIsVisibleToPrograms) {
   EXPECT_EQ(engine_->pending_drains(), 0u);
 }
 
-TEST_P(EngineDatapathTest, G5_DrainReturnsReplacedEntriesAndCounterSums) {
+TEST_P(EngineDatapathTest, G5_DrainCountsReplacedEntriesAndSumsCountersOverCpus) {
   auto first = engine_->push(replace(7));
   ASSERT_TRUE(first.ok()) << first.error().message();
   const uint32_t first_id = engine_slot().value().map_id;
@@ -220,30 +220,19 @@ TEST_P(EngineDatapathTest, G5_DrainReturnsReplacedEntriesAndCounterSums) {
   auto live = engine_->live_counters(c().map, core::array_slot(kSlot));
   ASSERT_TRUE(live.ok()) << live.error().message();
   EXPECT_EQ(live->at("hits"), 100u);
+  const size_t expected_entries = c().array_inner ? size_t{PD_TEST_INNER_MAX} : size_t{2};
 
-  auto second = engine_->push(replace(8));
-  ASSERT_TRUE(second.ok()) << second.error().message();
-  expect_hit(8);
-  auto records = engine_->drain();
-  ASSERT_TRUE(records.ok()) << records.error().message();
-  ASSERT_EQ(records->size(), 1u);
-  const core::DrainRecord& r = records->front();
-  EXPECT_EQ(r.map, c().map);
-  EXPECT_EQ(r.slot, core::array_slot(kSlot));
-  EXPECT_EQ(r.map_id, first_id);
-  EXPECT_EQ(r.installed_by, first->last_generation);
-  EXPECT_EQ(r.replaced_by, second->last_generation);
-  EXPECT_EQ(r.mode, core::DrainMode::kEntries);
-  EXPECT_EQ(r.counters.at("hits"), 100u);
-  EXPECT_EQ(engine_->drained_totals().at({c().map, core::array_slot(kSlot), "hits"}), 100u);
-
-  // Entries: arrays hold every index (zero where nothing was written), hashes and tries hold
-  // exactly what the generation wrote.
-  EXPECT_EQ(r.entries.size(), c().array_inner ? size_t{PD_TEST_INNER_MAX} : size_t{2});
+  // The live slot's dump (DumpSlot) keeps every entry and per-CPU value: arrays hold every
+  // index (zero where nothing was written), hashes and tries exactly what the generation wrote.
+  auto dump = engine_->dump_slot(c().map, core::array_slot(kSlot));
+  ASSERT_TRUE(dump.ok()) << dump.error().message();
+  EXPECT_EQ(dump->entry_count, expected_entries);
+  ASSERT_EQ(dump->entries.size(), expected_entries);
+  EXPECT_EQ(dump->counters.at("hits"), 100u);
   const size_t cpus_per_value = c().percpu ? kernel::possible_cpus() : 1;
   bool saw_hit = false;
   bool saw_other = false;
-  for (const core::DrainedEntry& e : r.entries) {
+  for (const core::DrainedEntry& e : dump->entries) {
     ASSERT_EQ(e.values.size(), cpus_per_value);
     uint64_t hits = 0;
     for (const Bytes& v : e.values) hits += decode_value(v).hits;
@@ -271,6 +260,27 @@ TEST_P(EngineDatapathTest, G5_DrainReturnsReplacedEntriesAndCounterSums) {
   }
   EXPECT_TRUE(saw_hit);
   EXPECT_TRUE(saw_other);
+
+  auto second = engine_->push(replace(8));
+  ASSERT_TRUE(second.ok()) << second.error().message();
+  expect_hit(8);
+  auto records = engine_->drain();
+  ASSERT_TRUE(records.ok()) << records.error().message();
+  ASSERT_EQ(records->size(), 1u);
+  const core::DrainRecord& r = records->front();
+  EXPECT_EQ(r.map, c().map);
+  EXPECT_EQ(r.slot, core::array_slot(kSlot));
+  EXPECT_EQ(r.map_id, first_id);
+  EXPECT_EQ(r.installed_by, first->last_generation);
+  EXPECT_EQ(r.replaced_by, second->last_generation);
+  EXPECT_EQ(r.mode, core::DrainMode::kEntries);
+  EXPECT_EQ(r.counters.at("hits"), 100u);
+  EXPECT_EQ(engine_->drained_totals().at({c().map, core::array_slot(kSlot), "hits"}), 100u);
+  // The drain counts the entries and sums the counters over entries and CPUs; it keeps no
+  // entry (nothing promises them; the Drained event carries the count).
+  EXPECT_EQ(r.entry_count, expected_entries);
+  EXPECT_TRUE(r.entries.empty()) << "a drain held " << r.entries.size() << " entries";
+  EXPECT_EQ(engine_->stats().drained_entries, expected_entries);
 
   // The replacement started from zero: only the one run since the swap.
   live = engine_->live_counters(c().map, core::array_slot(kSlot));

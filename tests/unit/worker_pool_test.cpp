@@ -1,6 +1,7 @@
 // Unit tests for util/worker_pool: WorkerPool's promise that a batch runs concurrently (the
 // committer relies on it to overlap the grace-period waits of single outer-map updates), that
-// every task runs once, and that batches of several callers each complete.
+// every task runs once, that batches of several callers each complete, and (G6) that its
+// threads start only when a batch needs them and are reused by later batches.
 #include "util/worker_pool.h"
 
 #include <gtest/gtest.h>
@@ -8,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -97,6 +99,66 @@ TEST(WorkerPoolTest, BatchesFromSeveralCallersEachCompleteFully) {
     });
   }
   for (auto& t : callers) t.join();
+}
+
+// Threads of this process, from /proc/self/task.
+size_t process_threads() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+// `n` tasks that all meet before any returns: they can only finish if they run at once.
+std::vector<std::function<void()>> meeting_tasks(int n, TimedBarrier& barrier,
+                                                 std::atomic<int>& met) {
+  std::vector<std::function<void()>> tasks;
+  for (int i = 0; i < n; ++i) {
+    tasks.emplace_back([&] {
+      if (barrier.arrive_and_wait(std::chrono::seconds(10))) met.fetch_add(1);
+    });
+  }
+  return tasks;
+}
+
+TEST(WorkerPoolTest, G6_StartsThreadsOnlyWhenABatchNeedsThemAndReusesThem) {
+  const size_t before = process_threads();
+  util::WorkerPool pool(64);
+  EXPECT_EQ(pool.size(), 64u);
+  EXPECT_EQ(pool.started(), 0u) << "a pool starts no thread before its first batch";
+  EXPECT_EQ(process_threads(), before);
+
+  TimedBarrier three(3);
+  std::atomic<int> met{0};
+  pool.run_all(meeting_tasks(3, three, met));
+  EXPECT_EQ(met.load(), 3) << "a lazily started batch still runs concurrently";
+  EXPECT_EQ(pool.started(), 3u);
+
+  // The same width again: the idle threads take it, none is started.
+  for (int round = 0; round < 20; ++round) {
+    TimedBarrier again(3);
+    met = 0;
+    pool.run_all(meeting_tasks(3, again, met));
+    ASSERT_EQ(met.load(), 3);
+    ASSERT_EQ(pool.started(), 3u) << "round " << round;
+  }
+
+  // A wider batch starts only the difference.
+  TimedBarrier five(5);
+  met = 0;
+  pool.run_all(meeting_tasks(5, five, met));
+  EXPECT_EQ(met.load(), 5);
+  EXPECT_EQ(pool.started(), 5u);
+  EXPECT_EQ(process_threads(), before + 5);
+}
+
+TEST(WorkerPoolTest, G6_NeverStartsMoreThreadsThanItsSize) {
+  util::WorkerPool pool(2);
+  std::atomic<int> ran{0};
+  std::vector<std::function<void()>> tasks;
+  for (int i = 0; i < 50; ++i) tasks.emplace_back([&] { ran.fetch_add(1); });
+  pool.run_all(std::move(tasks));
+  EXPECT_EQ(ran.load(), 50);
+  EXPECT_LE(pool.started(), 2u);
 }
 
 }  // namespace
