@@ -16,9 +16,9 @@ namespace {
 
 // What create_inner_map() makes of a config: two configs that agree here make the same maps.
 bool same_template(const OuterMapConfig& a, const OuterMapConfig& b) {
-  return a.name == b.name && a.inner.type == b.inner.type &&
-         a.inner.key_size == b.inner.key_size && a.inner.value_size == b.inner.value_size &&
-         a.inner.max_entries == b.inner.max_entries && a.inner.flags == b.inner.flags;
+  return a.name == b.name && a.inner.type == b.inner.type && a.inner.key_size == b.inner.key_size &&
+         a.inner.value_size == b.inner.value_size && a.inner.max_entries == b.inner.max_entries &&
+         a.inner.flags == b.inner.flags;
 }
 
 // Rough kernel memory of one empty inner map: preallocated maps hold every element up front.
