@@ -44,8 +44,10 @@ Result<core::Bytes> to_key(const v1::Entry& e, const config::MapSchema* schema, 
   if (raw) return to_bytes(e.key());
   if (!e.has_key_fields()) return fail("key", invalid_argument("missing (give key or key_fields)"));
   if (!schema) return fail("key_fields", invalid_argument("the map has no key schema; give key"));
-  Result<core::Bytes> key = schema::encode(schema->key, to_std_map(e.key_fields()), true);
-  if (!key.ok()) return fail("key_fields", std::move(key).error());
+  // Straight from the message's map: no std::map copy of names and texts per entry.
+  core::Bytes key;
+  Status st = schema::encode_pairs(schema->key, e.key_fields().values(), true, key);
+  if (!st.ok()) return fail("key_fields", st.error());
   return key;
 }
 
@@ -62,8 +64,9 @@ Result<core::Bytes> to_value(const v1::Entry& e, const core::OuterMapConfig& map
   if (!schema) {
     return fail("value_fields", invalid_argument("the map has no value schema; give value"));
   }
-  Result<core::Bytes> value = schema::encode(schema->value, to_std_map(e.value_fields()), false);
-  if (!value.ok()) return fail("value_fields", std::move(value).error());
+  core::Bytes value;
+  Status st = schema::encode_pairs(schema->value, e.value_fields().values(), false, value);
+  if (!st.ok()) return fail("value_fields", st.error());
   return value;
 }
 
@@ -391,7 +394,7 @@ v1::Event to_event(const core::DrainedEvent& event, core::OuterKind kind, int64_
   d->set_map_id(r.map_id);
   d->set_installed_by(r.installed_by);
   d->set_replaced_by(r.replaced_by);
-  d->set_entries(r.entries.size());
+  d->set_entries(r.entry_count);
   for (const auto& [field, total] : r.counters) (*d->mutable_counters())[field] = total;
   return out;
 }

@@ -208,11 +208,7 @@ class PolicyService::EventHub final : public core::EventListener {
     if (auto cfg = config_()) {
       if (const core::OuterMapConfig* m = find_map(*cfg, e.record.map)) kind = m->kind;
     }
-    v1::Event event = to_event(e, kind, util::unix_ms_now());
-    // A drain keeps no entries, only their count (core/model.h, DrainRecord): the event's
-    // `entries` is that count.
-    event.mutable_drained()->set_entries(e.record.entry_count);
-    publish(event);
+    publish(to_event(e, kind, util::unix_ms_now()));
     leave();
   }
 

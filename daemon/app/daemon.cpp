@@ -237,6 +237,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
                            core::StateStore::open(cfg.state_dir));
   core::EngineConfig engine_config = cfg.engine;
   engine_config.drain_pins = true;
+  // Inner maps are created ahead of the pushes that fill them (core/inner_pool.h).
+  engine_config.inner_pool = core::kMaxPooledPerMap;
   POLICYD_ASSIGN_OR_RETURN(std::unique_ptr<core::Engine> engine,
                            core::Engine::open(std::move(engine_config)));
   core::CommitterOptions options;

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "core/fd_budget.h"
+#include "core/inner_pool.h"
 #include "kernel/map.h"
 #include "util/clock.h"
 
@@ -22,14 +23,21 @@ struct FillBuffers {
   size_t value_stride = 0;
 };
 
-FillBuffers pack_entries(const OuterMapConfig& map, const std::vector<Entry>& entries) {
+// Reuses the calling thread's buffers: building a slot allocates nothing once they have grown.
+FillBuffers& thread_buffers() {
+  thread_local FillBuffers buf;
+  return buf;
+}
+
+FillBuffers& pack_entries(const OuterMapConfig& map, const std::vector<Entry>& entries) {
+  FillBuffers& buf = thread_buffers();
   const InnerTemplate& inner = map.inner;
-  FillBuffers buf;
   buf.value_stride = kernel::syscall_value_size(inner.type, inner.value_size);
   const size_t cpu_stride = kernel::cpu_value_stride(inner.type, inner.value_size);
   const size_t cpus = kernel::value_copies(inner.type);
   buf.keys.resize(entries.size() * inner.key_size);
-  buf.values.assign(entries.size() * buf.value_stride, 0);
+  buf.values.resize(entries.size() * buf.value_stride);
+  if (cpu_stride != inner.value_size) std::fill(buf.values.begin(), buf.values.end(), 0);
   for (size_t i = 0; i < entries.size(); ++i) {
     std::memcpy(buf.keys.data() + i * inner.key_size, entries[i].key.data(), inner.key_size);
     // Per-CPU maps: the same value on every CPU; counters start at zero everywhere.
@@ -40,6 +48,16 @@ FillBuffers pack_entries(const OuterMapConfig& map, const std::vector<Entry>& en
     }
   }
   return buf;
+}
+
+// A thread keeps at most this much packing buffer between builds.
+constexpr size_t kKeptBufferBytes = 1 << 20;
+
+void release_large_buffers() {
+  FillBuffers& buf = thread_buffers();
+  if (buf.keys.capacity() + buf.values.capacity() <= kKeptBufferBytes) return;
+  buf.keys = Bytes();
+  buf.values = Bytes();
 }
 
 // Below this many entries one thread fills a map faster than starting more would.
@@ -73,17 +91,24 @@ Status fill_parallel(int fd, const FillBuffers& buf, size_t key_size, size_t cou
   return {};
 }
 
+// Fills `fresh` (a pooled map), or a map created here when there is none.
 Result<InnerRef> build_inner(const OuterMapConfig& map, const SlotChange& change,
-                             size_t fill_threads) {
-  POLICYD_ASSIGN_OR_RETURN(kernel::UniqueFd fd, create_inner_map(map));
-  FillBuffers buf = pack_entries(map, change.entries);
-  Status filled =
-      fill_parallel(fd.get(), buf, map.inner.key_size, change.entries.size(), fill_threads);
-  if (!filled.ok()) return filled.error();
-  POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(fd.get()));
+                             std::optional<PooledMap> fresh, size_t fill_threads) {
+  if (!fresh) {
+    POLICYD_ASSIGN_OR_RETURN(kernel::UniqueFd fd, create_inner_map(map));
+    POLICYD_ASSIGN_OR_RETURN(kernel::MapInfo info, kernel::map_info(fd.get()));
+    fresh = PooledMap{std::move(fd), info.id};
+  }
+  if (!change.entries.empty()) {
+    const FillBuffers& buf = pack_entries(map, change.entries);
+    Status filled = fill_parallel(fresh->fd.get(), buf, map.inner.key_size, change.entries.size(),
+                                  fill_threads);
+    if (!filled.ok()) return filled.error();
+    release_large_buffers();
+  }
   auto inner = std::make_shared<InnerMap>();
-  inner->fd = std::move(fd);
-  inner->id = info.id;
+  inner->fd = std::move(fresh->fd);
+  inner->id = fresh->id;
   inner->map = map.name;
   inner->slot = change.slot;
   return inner;
@@ -104,46 +129,95 @@ Result<kernel::UniqueFd> create_inner_map(const OuterMapConfig& map) {
 }
 
 Result<BuiltGeneration> build_generation(const Generation& gen, const MapConfigs& maps,
-                                         util::WorkerPool& pool) {
+                                         util::WorkerPool& pool, InnerMapPool* inner_pool) {
   POLICYD_TRY(validate_generation(gen, maps));
+  auto t0 = std::chrono::steady_clock::now();
+  // The pool's refill waits while a build runs: it must not compete with this one.
+  struct BuildScope {
+    InnerMapPool* p;
+    explicit BuildScope(InnerMapPool* pool) : p(pool) {
+      if (p) p->build_started();
+    }
+    ~BuildScope() {
+      if (p) p->build_finished();
+    }
+  } scope(inner_pool);
+
+  // Fresh maps from the pool first; only the rest need new descriptors.
+  std::vector<std::optional<PooledMap>> fresh(gen.changes.size());
+  size_t new_maps = 0;
+  size_t entries = 0;
+  for (size_t i = 0; i < gen.changes.size(); ++i) {
+    const SlotChange& change = gen.changes[i];
+    entries += change.entries.size();
+    if (change.remove) continue;
+    if (inner_pool) fresh[i] = inner_pool->take(maps.at(change.map));
+    if (!fresh[i]) ++new_maps;
+  }
   // Every replaced slot gets a new inner map, and policyd keeps its fd: refuse the whole
   // generation before the first map is created if the fd limit does not allow them all.
-  const size_t new_maps = static_cast<size_t>(std::count_if(
-      gen.changes.begin(), gen.changes.end(), [](const SlotChange& c) { return !c.remove; }));
-  POLICYD_ASSIGN_OR_RETURN(
-      FdReservation fds,
-      reserve_fds(new_maps,
-                  gen.label.empty() ? "this generation" : "generation \"" + gen.label + "\""));
-  auto t0 = std::chrono::steady_clock::now();
+  // Pooled maps hold descriptors that can be given back for it.
+  const std::string what =
+      gen.label.empty() ? "this generation" : "generation \"" + gen.label + "\"";
+  Result<FdReservation> fds = reserve_fds(new_maps, what);
+  if (!fds.ok() && inner_pool && inner_pool->release_all() > 0) fds = reserve_fds(new_maps, what);
+  if (!fds.ok()) return fds.error();
 
   BuiltGeneration built;
   built.label = gen.label;
+  built.entries = entries;
   built.changes.resize(gen.changes.size());
   std::mutex mu;
   std::optional<Error> first_error;
-  std::vector<std::function<void()>> tasks;
-  for (size_t i = 0; i < gen.changes.size(); ++i) {
+  auto build_one = [&](size_t i, size_t fill_threads) {
     const SlotChange& change = gen.changes[i];
     const OuterMapConfig& map = maps.at(change.map);
-    built.changes[i].map = change.map;
-    built.changes[i].slot = change.slot;
-    built.entries += change.entries.size();
-    if (change.remove) continue;
-    tasks.emplace_back([&, i] {
-      Result<InnerRef> inner = build_inner(map, change, pool.size());
-      if (inner.ok()) {
-        built.changes[i].inner = std::move(inner).value();
-        return;
-      }
-      std::lock_guard lock(mu);
-      if (!first_error) {
-        first_error = std::move(inner).error().wrap("build changes[" + std::to_string(i) +
-                                                    "] (map \"" + map.name + "\" slot " +
-                                                    slot_to_string(map.kind, change.slot) + ")");
-      }
-    });
+    Result<InnerRef> inner = build_inner(map, change, std::move(fresh[i]), fill_threads);
+    if (inner.ok()) {
+      built.changes[i].inner = std::move(inner).value();
+      return;
+    }
+    std::lock_guard lock(mu);
+    if (!first_error) {
+      first_error = std::move(inner).error().wrap("build changes[" + std::to_string(i) +
+                                                  "] (map \"" + map.name + "\" slot " +
+                                                  slot_to_string(map.kind, change.slot) + ")");
+    }
+  };
+  std::vector<size_t> todo;
+  for (size_t i = 0; i < gen.changes.size(); ++i) {
+    built.changes[i].map = gen.changes[i].map;
+    built.changes[i].slot = gen.changes[i].slot;
+    if (!gen.changes[i].remove) todo.push_back(i);
   }
-  pool.run_all(std::move(tasks));
+  if (entries < kParallelBuildMin || pool.size() < 2 || todo.size() < 2) {
+    // Small: this thread does it all, no hand-off.
+    for (size_t i : todo) build_one(i, pool.size());
+  } else if (todo.size() < pool.size()) {
+    // Few large slots: one task per slot, each fills with the pool's width.
+    std::vector<std::function<void()>> tasks;
+    for (size_t i : todo) tasks.emplace_back([&, i] { build_one(i, pool.size()); });
+    pool.run_all(std::move(tasks));
+  } else {
+    // Many slots: one task per worker over contiguous runs of about equal entry counts.
+    const size_t workers = pool.size();
+    const size_t per_task = (entries + workers - 1) / workers;
+    std::vector<std::function<void()>> tasks;
+    size_t begin = 0;
+    while (begin < todo.size()) {
+      size_t end = begin;
+      size_t sum = 0;
+      while (end < todo.size() && (sum < per_task || end == begin)) {
+        sum += gen.changes[todo[end]].entries.size() + 1;
+        ++end;
+      }
+      tasks.emplace_back([&, begin, end] {
+        for (size_t k = begin; k < end; ++k) build_one(todo[k], 1);
+      });
+      begin = end;
+    }
+    pool.run_all(std::move(tasks));
+  }
   // On error the maps already built are closed with `built`; nothing reached the data plane.
   if (first_error) return name_fd_exhaustion(*first_error);
   built.build_ms = util::ms_since(t0);

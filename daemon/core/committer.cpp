@@ -186,10 +186,19 @@ void Committer::Impl::committer_loop() {
     std::deque<std::function<void(Engine*)>> todo;
     std::vector<ItemPtr> batch;
     {
+      const bool flush_due = flush_pending();
       std::unique_lock lock(mu);
-      cv.wait(lock, [&] {
+      auto work = [&] {
         return !posts.empty() || !built.empty() || (builder_done && accepted.empty());
-      });
+      };
+      // Drained totals ride on the next commit's record; once the committer has been idle for
+      // flush_delay, they get a write of their own.
+      if (flush_due && !cv.wait_for(lock, flush_delay, work)) {
+        lock.unlock();
+        flush_idle();
+        continue;
+      }
+      cv.wait(lock, work);
       todo.swap(posts);
       // Everything built so far commits together, up to a rollback, which goes alone (its
       // contents depend on the state right before it).
@@ -333,7 +342,6 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
     }
     finish(ok.front(), report.error());
     publish_view();
-    flush_idle();
     return;
   }
 
@@ -361,7 +369,6 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
     for (ItemPtr& item : ok) finish(item, e);
     for_each_listener([&](EventListener& l) { l.on_committed(event); });
     drain_and_publish();
-    flush_idle();
     return;
   }
   // G4: commit() returned after the barrier, so acking now is safe.
@@ -374,7 +381,6 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
   }
   for_each_listener([&](EventListener& l) { l.on_committed(event); });
   const double drain_ms = drain_and_publish();
-  flush_idle();
   for (size_t i = 0; i < ok.size(); ++i) {
     spdlog::info(
         "committed generation {} label \"{}\": {} slot change(s); build {:.2f} ms, swap {:.2f} "
@@ -573,29 +579,38 @@ Status Committer::Impl::write_with_unwritten(const RecordUpdate& update) {
 }
 
 // After a successful write: what it carried is durable, the pins of drained maps it accounts
-// for may go.
+// for may go. The record still lists their ids until the next write (an idle flush, if no
+// commit comes first, so that the record does not keep naming maps that are gone).
 void Committer::Impl::written() {
+  drained_ids_listed = !engine->unreleased_drains().empty();
   unwritten.clear();
   dirty_totals.clear();
   engine->release_drained();
 }
 
-// Drained counters become durable with the next commit's record; when no commit is waiting
-// (or the last write failed) they are written now.
+bool Committer::Impl::flush_pending() const {
+  return store && (drained_ids_listed || !dirty_totals.empty() || !unwritten.empty() ||
+                   !engine->unreleased_drains().empty());
+}
+
+// Writes what the record lacks (drained totals and pins, a write that failed) when no commit is
+// waiting to carry it. A failing write is retried with a doubling delay (up to 5 s), so a broken
+// disk logs a few lines, not a flood.
 void Committer::Impl::flush_idle() {
-  if (!store) return;
-  if (engine->unreleased_drains().empty() && dirty_totals.empty() && unwritten.empty()) return;
+  if (!flush_pending()) return;
   {
     std::lock_guard lock(mu);
-    if (!built.empty()) return;
+    if (!built.empty() || !accepted.empty()) return;
   }
   RecordUpdate up;
   add_drain_state(up);
   Status st = write_with_unwritten(up);
   if (!st.ok()) {
     spdlog::error("{}", st.error().message());
+    flush_delay = std::min(flush_delay * 2, std::chrono::milliseconds(5000));
     return;
   }
+  flush_delay = kFlushDelay;
   written();
 }
 

@@ -2,6 +2,7 @@
 // committer_recovery.cpp (start-up recovery, G8). Not included anywhere else.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -79,6 +80,9 @@ struct Committer::Impl {
   std::map<std::string, size_t> slots_used;  // populated slots per outer map
   std::set<CounterKey> dirty_totals;         // drained totals not yet in the record
   std::vector<RecordUpdate> unwritten;       // updates whose write failed: retried
+  bool drained_ids_listed = false;           // the record names drained maps already unpinned
+  static constexpr std::chrono::milliseconds kFlushDelay{20};
+  std::chrono::milliseconds flush_delay = kFlushDelay;  // idle time before flush_idle()
   RecordWriter writer;
 
   std::thread builder_thread;
@@ -116,6 +120,7 @@ struct Committer::Impl {
   void add_drain_state(RecordUpdate& update) const;
   Status write_with_unwritten(const RecordUpdate& update);
   void written();
+  [[nodiscard]] bool flush_pending() const;
   void flush_idle();
 
   // committer_recovery.cpp: start-up (G8).

@@ -145,7 +145,9 @@ Engine::Engine(EngineConfig config, kernel::KernelFacts facts)
       facts_(std::move(facts)),
       pins_(config_.pin_dir),
       build_pool_(config_.build_threads),
-      barrier_pool_(config_.barrier_threads) {}
+      barrier_pool_(config_.barrier_threads),
+      inner_pool_(config_.inner_pool > 0 ? std::make_unique<InnerMapPool>(config_.inner_pool)
+                                         : nullptr) {}
 
 Engine::~Engine() = default;
 
@@ -218,6 +220,7 @@ Status Engine::add_maps(const std::vector<OuterMapConfig>& maps) {
     }
     if (new_group) POLICYD_TRY(open_group(*new_group));
   }
+  if (inner_pool_) inner_pool_->configure(configs_);
   return {};
 }
 
@@ -248,6 +251,8 @@ Status Engine::remove_maps(const std::vector<std::string>& maps) {
     }
     outers_.erase(name);
     configs_.erase(name);
+    // Its pooled maps go with it: a later map of the same name may have another template.
+    if (inner_pool_) inner_pool_->configure(configs_);
     spdlog::info("removed map \"{}\" (unpinned; programs holding it keep it until they let go)",
                  name);
   }
@@ -356,7 +361,7 @@ Status Engine::open_group(Group& group) {
 Status Engine::validate(const Generation& gen) const { return validate_generation(gen, configs_); }
 
 Result<BuiltGeneration> Engine::build(const Generation& gen) {
-  return build_generation(gen, configs_, build_pool_);
+  return build_generation(gen, configs_, build_pool_, inner_pool_.get());
 }
 
 Engine::Plan Engine::plan(std::vector<BuiltGeneration>& batch) {
@@ -773,6 +778,7 @@ EngineStats Engine::stats() const {
   s.writer = writer_->stats();
   s.build_threads_started = build_pool_.started();
   s.barrier_threads_started = barrier_pool_.started();
+  if (inner_pool_) s.pool = inner_pool_->stats();
   for (auto& [name, o] : outers_) {
     for (int bank = 0; bank < o->banks(); ++bank) s.live_inner_maps += o->slots[bank].size();
   }
@@ -833,6 +839,9 @@ std::vector<uint32_t> Engine::owned_map_ids() const {
     if (p.inner->fd.valid()) ids.insert(p.inner->id);
   }
   for (uint32_t id : writer_->own_map_ids()) ids.insert(id);
+  if (inner_pool_) {
+    for (uint32_t id : inner_pool_->ids()) ids.insert(id);
+  }
   return {ids.begin(), ids.end()};
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/builder.h"
+#include "core/inner_pool.h"
 #include "core/model.h"
 #include "core/pin_paths.h"
 #include "core/slot_writer.h"
@@ -62,6 +63,7 @@ struct EngineStats {
   // them, up to build_threads and barrier_threads (G6: an idle engine holds none it never used).
   uint64_t build_threads_started = 0;
   uint64_t barrier_threads_started = 0;
+  PoolStats pool;  // pre-created inner maps (EngineConfig::inner_pool)
 };
 
 class Engine {
@@ -117,6 +119,8 @@ class Engine {
   [[nodiscard]] const MapConfigs& maps() const { return configs_; }
   [[nodiscard]] EngineStats stats() const;
   [[nodiscard]] size_t pending_drains() const { return pending_.size(); }
+  // Pre-created inner maps (null when EngineConfig::inner_pool is 0). Thread-safe.
+  [[nodiscard]] InnerMapPool* inner_pool() const { return inner_pool_.get(); }
 
   // The data plane's view of a map: for group members, the active bank.
   [[nodiscard]] Result<std::vector<SlotInfo>> slots(const std::string& map) const;
@@ -131,7 +135,8 @@ class Engine {
     return drained_totals_;
   }
   // Ids of every BPF map policyd holds open: outer maps, bank words, live and pending inner
-  // maps, the barrier map. Tests compare it with the kernel's list to find leaks.
+  // maps, the barrier map, pooled inner maps. Tests compare it with the kernel's list to find
+  // leaks.
   [[nodiscard]] std::vector<uint32_t> owned_map_ids() const;
 
  private:
@@ -164,6 +169,7 @@ class Engine {
   MapConfigs configs_;
   util::WorkerPool build_pool_;
   util::WorkerPool barrier_pool_;
+  std::unique_ptr<InnerMapPool> inner_pool_;  // after configs_: its thread copies templates
   std::unique_ptr<SlotWriter> writer_;
   std::map<std::string, std::unique_ptr<Outer>> outers_;
   std::map<std::string, std::unique_ptr<Group>> groups_;

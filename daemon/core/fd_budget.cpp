@@ -99,6 +99,17 @@ Result<FdReservation> reserve_fds(size_t needed, const std::string& what) {
                    " remain (raise LimitNOFILE= in the unit, or push fewer slots at once)"};
 }
 
+Result<FdReservation> reserve_spare_fds(size_t needed, size_t spare) {
+  const FdLimit limit = current_limit();
+  const size_t reserved = g_reserved.load(std::memory_order_relaxed);
+  const uint64_t estimate = kernel::UniqueFd::owned_count() + kUnownedFdReserve + reserved;
+  const uint64_t keep = std::max<uint64_t>(spare, limit.soft / 4);
+  if (limit.soft >= keep && estimate + needed <= limit.soft - keep) return FdReservation(needed);
+  return Error{ErrorCode::kResourceExhausted, 0,
+               std::to_string(needed) + " spare fd(s) not available below " + limit_text(limit) +
+                   " (keeping " + std::to_string(keep) + " free)"};
+}
+
 Error name_fd_exhaustion(Error error) {
   if (error.sys_errno != EMFILE && error.sys_errno != ENFILE) return error;
   error.code = ErrorCode::kResourceExhausted;

@@ -49,6 +49,11 @@ class FdReservation {
 // the fds policyd owns; it reads /proc/self/fd only when that estimate says no.
 [[nodiscard]] Result<FdReservation> reserve_fds(size_t needed, const std::string& what);
 
+// Reserves `needed` descriptors for work that can wait (the inner-map pool's refill): only when
+// the quick estimate leaves at least max(spare, a quarter of the soft limit) free besides. It
+// never counts /proc/self/fd; refused, it fails with kResourceExhausted.
+[[nodiscard]] Result<FdReservation> reserve_spare_fds(size_t needed, size_t spare);
+
 // An error from a syscall that ran out of descriptors (EMFILE, ENFILE) becomes
 // kResourceExhausted naming the limit; any other error is returned unchanged.
 [[nodiscard]] Error name_fd_exhaustion(Error error);

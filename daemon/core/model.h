@@ -65,6 +65,10 @@ struct EngineConfig {
   // the swap, and keep the pin after the drain until release_drained(): a crash between
   // barrier and durable drain record loses no counter (G8). The daemon turns it on.
   bool drain_pins = false;
+  // Empty inner maps kept ready per outer map (at most this many; fewer for large inner maps,
+  // core/inner_pool.h), refilled in the background, so that a build only fills them. 0: none,
+  // every build creates its maps. The daemon turns it on (kMaxPooledPerMap).
+  size_t inner_pool = 0;
 };
 
 struct Entry {

@@ -128,7 +128,11 @@ RoundResult SlotWriter::apply(const std::vector<OuterWrite>& writes) {
       applied[c] = run_call(calls[c], writes[calls[c].writes[0]].slot.size(), errors[c]);
     });
   }
-  pool_.run_all(std::move(tasks));
+  if (tasks.size() == 1) {
+    tasks.front()();  // one call (one outer map, batch strategy): nothing to overlap with
+  } else {
+    pool_.run_all(std::move(tasks));
+  }
 
   stats_.rounds++;
   stats_.waiting_calls += calls.size();

@@ -247,28 +247,23 @@ Status encode_field(const Field& f, const std::string& text, Bytes& out) {
   return fail(invalid_argument("unsupported field type"));
 }
 
+Error unknown_field(const Layout& layout, const std::string& name) {
+  std::string known;
+  for (const Field& k : layout.fields) {
+    if (k.type == FieldType::kPad) continue;
+    known += (known.empty() ? "" : ", ") + k.name;
+  }
+  return invalid_argument("unknown field \"" + name + "\" (fields: " + known + ")");
+}
+
+Error missing_field(const std::string& name) {
+  return invalid_argument("missing field \"" + name + "\"");
+}
+
 Result<Bytes> encode(const Layout& layout, const std::map<std::string, std::string>& values,
                      bool require_all) {
-  Bytes out(layout.size, 0);
-  for (const auto& [name, text] : values) {
-    const Field* f = layout.find(name);
-    if (!f || f->type == FieldType::kPad) {
-      std::string known;
-      for (const Field& k : layout.fields) {
-        if (k.type == FieldType::kPad) continue;
-        known += (known.empty() ? "" : ", ") + k.name;
-      }
-      return invalid_argument("unknown field \"" + name + "\" (fields: " + known + ")");
-    }
-    POLICYD_TRY(encode_field(*f, text, out));
-  }
-  if (require_all) {
-    for (const Field& f : layout.fields) {
-      if (f.type != FieldType::kPad && !f.counter && !values.count(f.name)) {
-        return invalid_argument("missing field \"" + f.name + "\"");
-      }
-    }
-  }
+  Bytes out;
+  POLICYD_TRY(encode_pairs(layout, values, require_all, out));
   return out;
 }
 

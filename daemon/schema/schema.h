@@ -66,6 +66,33 @@ enum class Align { kPacked, kNatural };
 // Encodes one field's text into `out` (layout.size bytes) at the field's offset.
 [[nodiscard]] Status encode_field(const Field& field, const std::string& text, Bytes& out);
 
+// The errors of encode(): a name the layout does not have (listing those it has), a field
+// require_all wants.
+[[nodiscard]] Error unknown_field(const Layout& layout, const std::string& name);
+[[nodiscard]] Error missing_field(const std::string& name);
+
+// As encode(), from any container of name -> text pairs with find() (std::map, a protobuf
+// Map), into `out` (resized to layout.size and zeroed): no temporary map, and no allocation
+// besides `out` when every value is valid (API conversion encodes millions of entries).
+template <typename Pairs>
+[[nodiscard]] Status encode_pairs(const Layout& layout, const Pairs& values, bool require_all,
+                                  Bytes& out) {
+  out.assign(layout.size, 0);
+  for (const auto& kv : values) {
+    const Field* f = layout.find(kv.first);
+    if (!f || f->type == FieldType::kPad) return unknown_field(layout, kv.first);
+    POLICYD_TRY(encode_field(*f, kv.second, out));
+  }
+  if (require_all) {
+    for (const Field& f : layout.fields) {
+      if (f.type != FieldType::kPad && !f.counter && values.find(f.name) == values.end()) {
+        return missing_field(f.name);
+      }
+    }
+  }
+  return {};
+}
+
 // Decodes every non-padding field to text. `bytes` must be layout.size long.
 [[nodiscard]] std::map<std::string, std::string> decode(const Layout& layout, const Bytes& bytes);
 

@@ -9,8 +9,13 @@
 #include <numeric>
 #include <string>
 
+#include <fcntl.h>
 #include <sys/utsname.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstring>
 
 #include "kernel/map.h"
 #include "support/bpffs.h"
@@ -70,6 +75,65 @@ void require_bpf(const char* tool) {
   }
   std::fprintf(stderr, "%s: bpf syscall: %s\n", tool, fd.error().message().c_str());
   std::exit(1);
+}
+
+namespace {
+
+constexpr const char* kRcuExpedited = "/sys/kernel/rcu_expedited";
+std::atomic<char> g_rcu_previous{0};  // 0: nothing to restore
+
+// Async-signal-safe: open, write and close only.
+void restore_rcu_expedited() {
+  const char previous = g_rcu_previous.exchange(0);
+  if (previous == 0) return;
+  const int fd = ::open(kRcuExpedited, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  const char text[2] = {previous, '\n'};
+  (void)!::write(fd, text, sizeof(text));
+  ::close(fd);
+}
+
+void restore_and_reraise(int sig) {
+  restore_rcu_expedited();
+  // SA_RESETHAND put the default action back: the process ends as the signal meant.
+  ::raise(sig);
+}
+
+}  // namespace
+
+char read_rcu_expedited() {
+  const int fd = ::open(kRcuExpedited, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return '?';
+  char c = '?';
+  if (::read(fd, &c, 1) != 1) c = '?';
+  ::close(fd);
+  return c;
+}
+
+Result<char> set_rcu_expedited() {
+  const char previous = read_rcu_expedited();
+  if (previous != '0' && previous != '1') {
+    return sys_error(errno, std::string("read ") + kRcuExpedited);
+  }
+  // Handlers first: a signal between the write and their installation would leave it set.
+  g_rcu_previous.store(previous);
+  std::atexit(restore_rcu_expedited);
+  struct sigaction sa {};
+  sa.sa_handler = restore_and_reraise;
+  sa.sa_flags = SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS}) {
+    ::sigaction(sig, &sa, nullptr);
+  }
+  const int fd = ::open(kRcuExpedited, O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || ::write(fd, "1\n", 2) != 2) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    g_rcu_previous.store(0);
+    return sys_error(err, std::string("write 1 to ") + kRcuExpedited);
+  }
+  ::close(fd);
+  return previous;
 }
 
 }  // namespace policyd::bench

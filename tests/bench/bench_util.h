@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "util/clock.h"
+#include "util/result.h"
 
 namespace policyd::bench {
 
@@ -32,5 +33,14 @@ void progress(const std::string& msg);
 // Exits 77 when the bpf syscall is not permitted (unless POLICYD_REQUIRE_PRIVILEGED=1), 1 on
 // another bpf error; `tool` names the binary in messages.
 void require_bpf(const char* tool);
+
+// Sets /sys/kernel/rcu_expedited to 1 for the rest of the run: outer-map update waits then
+// take about 70 us, as on Linux 6.19. The previous value is written back at every exit policyd's
+// benches take: a normal return or std::exit (atexit), and the signals that end a process
+// (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS: restored, then re-raised).
+// Returns the previous value ('0' or '1'), or an error naming the file. Call once.
+[[nodiscard]] Result<char> set_rcu_expedited();
+// The current value of /sys/kernel/rcu_expedited, '?' when it cannot be read.
+[[nodiscard]] char read_rcu_expedited();
 
 }  // namespace policyd::bench

@@ -577,7 +577,7 @@ TEST(ConvertEventTest, CommittedDrainedReloaded) {
   d.record.map_id = 77;
   d.record.installed_by = 4;
   d.record.replaced_by = 5;
-  d.record.entries.resize(2);
+  d.record.entry_count = 2;
   d.record.counters["hits"] = 12;
   ev = to_event(d, core::OuterKind::kArray, 100);
   ASSERT_EQ(ev.kind_case(), v1::Event::kDrained);
