@@ -500,13 +500,19 @@ Status StateStore::apply(const RecordUpdate& up) {
       POLICYD_TRY(put.run());
     }
   }
+  // What a slot held before is named by the `previous` of the generation that changed it, when
+  // the update carries that generation: only slots set without one (start-up repair, the undo
+  // of a refused batch) may drop the last reference to their old contents.
+  const bool previous_recorded = !up.generations.empty();
   for (const StoredSlot& slot : up.slots) {
-    SqliteStmt& old = s.slot_contents;
-    old.bind(1, slot.map).bind_blob(2, slot.slot.data(), slot.slot.size());
-    Result<bool> row = old.step();
-    if (row.ok() && *row) candidates.push_back(old.column_blob(0));
-    old.reset();
-    if (!row.ok()) return row.error();
+    if (!previous_recorded) {
+      SqliteStmt& old = s.slot_contents;
+      old.bind(1, slot.map).bind_blob(2, slot.slot.data(), slot.slot.size());
+      Result<bool> row = old.step();
+      if (row.ok() && *row) candidates.push_back(old.column_blob(0));
+      old.reset();
+      if (!row.ok()) return row.error();
+    }
     if (slot.contents.empty()) {
       POLICYD_TRY(
           s.delete_slot.bind(1, slot.map).bind_blob(2, slot.slot.data(), slot.slot.size()).run());
