@@ -89,7 +89,11 @@ configure_and_build() {
 # - FdBudgetLowLimitTest.G6_RestartThatCannotAdoptEverySlot...: under qemu TCG the restart under
 #   160 fds does not reach its refusal within the fixture's start-up wait (seen twice on 6.1,
 #   not yet understood); the host run proves the refusal. Tracked in the issue's closing note.
-readonly VM_EXCLUDED_TESTS='^FdBudgetLowLimitTest\.G6_RestartThatCannotAdoptEverySlotRefusesToStartAndNamesTheLimit$'
+# - HashCrashLoopTest.G8_G9_SurvivesSigkillsAt4096SlotsOfAHashOuterMap: 4,096 slots need more
+#   fds than the guest's hard limit of 4,096, and under TCG its eight restarts at that scale
+#   take minutes; it is about scale, which the host run covers (the 6.1 crash loop at 3 slots,
+#   G5_G8_SurvivesFiftySigkills..., runs in the VM).
+readonly VM_EXCLUDED_TESTS='^(FdBudgetLowLimitTest\.G6_RestartThatCannotAdoptEverySlotRefusesToStartAndNamesTheLimit|HashCrashLoopTest\.G8_G9_SurvivesSigkillsAt4096SlotsOfAHashOuterMap)$'
 
 run_vm_suites() {
   log "kernel and e2e suites on Debian 12's 6.1 kernel (tests/vm/run.sh)"
