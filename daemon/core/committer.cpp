@@ -128,7 +128,12 @@ void Committer::Impl::enqueue(ItemPtr item) {
   }
   if (!ledger.claim(item->request.request_id, item->done)) return;
   {
-    std::lock_guard lock(mu);
+    std::unique_lock lock(mu);
+    if (stopping) {  // stop() came between the check above and now: the builder may be gone
+      lock.unlock();
+      finish(item, unavailable());
+      return;
+    }
     accepted.push_back(std::move(item));
   }
   cv.notify_all();
@@ -254,6 +259,12 @@ Status Committer::Impl::prepare_contents(Item& item) {
 // ---- commit -----------------------------------------------------------------------------------
 
 void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
+  // The data plane never runs more than one batch ahead of its record: while an earlier write
+  // is still unwritten and cannot be written now, pushes are refused before any kernel call.
+  if (Status caught_up = catch_up_record(); !caught_up.ok()) {
+    for (ItemPtr& item : items) finish(item, caught_up.error());
+    return;
+  }
   // G9: expected_generation is checked against the generation current after every push
   // accepted before this one.
   uint64_t current = engine->current_generation();
@@ -331,9 +342,13 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
     // The record of the failed batch may be durable: put back the one the kernel holds.
     if (store && durable.ok()) {
       written();
-      Status back = store->write(undo_update(records));
-      if (!back.ok())
-        spdlog::error("{}", back.error().wrap("undo the record of a failed batch").message());
+      RecordUpdate undo = undo_update(records);
+      Status back = store->write(undo);
+      if (!back.ok()) {
+        // Retried before anything else is recorded: the record must not keep the refused batch.
+        spdlog::error("{}", back.error().wrap("undo the record of a refused batch").message());
+        unwritten.push_back(std::move(undo));
+      }
     }
   }
   if (!report.ok()) {
@@ -593,6 +608,21 @@ void Committer::Impl::written() {
   unwritten.clear();
   dirty_totals.clear();
   engine->release_drained();
+}
+
+// Writes the updates a failed write left (nothing to do in the normal case).
+Status Committer::Impl::catch_up_record() {
+  if (!store || unwritten.empty()) return {};
+  RecordUpdate up;
+  add_drain_state(up);
+  Status st = write_with_unwritten(up);
+  if (!st.ok()) {
+    return Error{ErrorCode::kUnavailable, 0,
+                 "the record in " + store->dir() + " cannot be written (" + st.error().message() +
+                     "); the push changed nothing. Retry once state_dir is writable again"};
+  }
+  written();
+  return {};
 }
 
 bool Committer::Impl::flush_pending() const {

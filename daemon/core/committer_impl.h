@@ -120,6 +120,7 @@ struct Committer::Impl {
   void add_drain_state(RecordUpdate& update) const;
   Status write_with_unwritten(const RecordUpdate& update);
   void written();
+  [[nodiscard]] Status catch_up_record();
   [[nodiscard]] bool flush_pending() const;
   void flush_idle();
 

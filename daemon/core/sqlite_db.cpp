@@ -90,6 +90,7 @@ Result<std::unique_ptr<SqliteDb>> SqliteDb::open(const std::string& path, bool c
   std::unique_ptr<SqliteDb> db(new SqliteDb(path, raw));
   if (rc != SQLITE_OK) return db->error("open");
   sqlite3_extended_result_codes(raw, 1);
+  sqlite3_busy_timeout(raw, 500);
   return db;
 }
 

@@ -49,7 +49,8 @@ class SqliteStmt {
 
 class SqliteDb {
  public:
-  // Opens (and with `create`, creates) the database file.
+  // Opens (and with `create`, creates) the database file. A lock another connection holds (an
+  // operator's sqlite3 writing) is waited for up to half a second before a statement fails.
   [[nodiscard]] static Result<std::unique_ptr<SqliteDb>> open(const std::string& path, bool create);
   ~SqliteDb();
   SqliteDb(const SqliteDb&) = delete;

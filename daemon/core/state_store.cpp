@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
@@ -258,12 +259,23 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
     POLICYD_ASSIGN_OR_RETURN(std::unique_ptr<SqliteDb> db, SqliteDb::open(fresh, true));
     POLICYD_TRY(db->exec("PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL"));
     POLICYD_TRY(create_schema(*db));
-    POLICYD_ASSIGN_OR_RETURN(std::optional<v1::State> old, v1::read_state(dir));
+    Result<std::optional<v1::State>> read_old = v1::read_state(dir);
+    if (!read_old.ok()) {
+      db.reset();
+      ::unlink(fresh.c_str());
+      return read_old.error();
+    }
+    std::optional<v1::State> old = std::move(read_old).value();
     if (old) {
       StateStore importer(dir, {}, std::move(db));
       POLICYD_TRY(importer.prepare());
       Status imported = import_v1(importer, *old);
-      if (!imported.ok()) return imported.error().wrap("import " + dir + "/state into " + db_path);
+      if (!imported.ok()) {
+        importer.stmts_.reset();
+        importer.db_.reset();
+        ::unlink(fresh.c_str());
+        return imported.error().wrap("import " + dir + "/state into " + db_path);
+      }
       db = std::move(importer.db_);
       importer.stmts_.reset();
     }
@@ -353,7 +365,11 @@ Result<std::optional<StoredState>> StateStore::load() {
                            db.query_text("SELECT value FROM meta WHERE key = 'generation'"));
   if (generation.empty()) return std::optional<StoredState>{};
   StoredState st;
-  st.generation = std::stoull(generation);
+  char* end = nullptr;
+  st.generation = std::strtoull(generation.c_str(), &end, 10);
+  if (end == generation.c_str() || *end != '\0') {
+    return damaged(db_path(), "meta.generation is \"" + generation + "\", not a generation id");
+  }
   POLICYD_ASSIGN_OR_RETURN(st.pin_dir,
                            db.query_text("SELECT value FROM meta WHERE key = 'pin_dir'"));
 
@@ -474,7 +490,7 @@ Status StateStore::apply(const RecordUpdate& up) {
                     .run());
   }
   if (up.drop_from) {
-    POLICYD_TRY(forget_generations("from", up.drop_from));
+    POLICYD_TRY(forget_generations("from", up.drop_from, candidates));
   }
   for (const StoredGeneration& g : up.generations) {
     POLICYD_TRY(s.put_generation.bind(1, static_cast<int64_t>(g.id))
@@ -533,7 +549,7 @@ Status StateStore::apply(const RecordUpdate& up) {
     POLICYD_TRY(s.set_meta.bind(1, std::string_view("pin_dir")).bind(2, *up.pin_dir).run());
   }
   if (up.keep_from) {
-    POLICYD_TRY(forget_generations("before", up.keep_from));
+    POLICYD_TRY(forget_generations("before", up.keep_from, candidates));
   }
   for (const StoredCounter& c : up.totals) {
     POLICYD_TRY(s.put_total.bind(1, c.map)
@@ -551,12 +567,13 @@ Status StateStore::apply(const RecordUpdate& up) {
 }
 
 // Forgets generations with ids >= `id` ("from": the undo of a batch the kernel refused) or
-// < `id` ("before": history beyond its bound), and the contents only they named.
-Status StateStore::forget_generations(const std::string& where, uint64_t id) {
+// < `id` ("before": history beyond its bound); the contents they named join `candidates`, to be
+// collected once the whole update is applied (an undo's slots may name them again).
+Status StateStore::forget_generations(const std::string& where, uint64_t id,
+                                      std::vector<Digest>& candidates) {
   Statements& s = *stmts_;
   const bool from = where == "from";
   SqliteStmt& digests = from ? s.digests_from : s.digests_before;
-  std::vector<Digest> candidates;
   digests.bind(1, static_cast<int64_t>(id));
   for (;;) {
     Result<bool> row = digests.step();
@@ -575,7 +592,7 @@ Status StateStore::forget_generations(const std::string& where, uint64_t id) {
   POLICYD_TRY((from ? s.delete_generations_from : s.delete_generations_before)
                   .bind(1, static_cast<int64_t>(id))
                   .run());
-  return collect(candidates);
+  return {};
 }
 
 // Deletes the contents among `candidates` that no slot and no remembered generation names.

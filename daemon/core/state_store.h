@@ -138,7 +138,7 @@ class StateStore {
   StateStore(std::string dir, kernel::UniqueFd lock, std::unique_ptr<SqliteDb> db);
   Status prepare();
   Status apply(const RecordUpdate& update);
-  Status forget_generations(const std::string& where, uint64_t id);
+  Status forget_generations(const std::string& where, uint64_t id, std::vector<Digest>& candidates);
   Status collect(const std::vector<Digest>& candidates);
 
   std::string dir_;

@@ -6,6 +6,7 @@
 #include <bpf/libbpf.h>
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -672,6 +673,83 @@ TEST_F(DurabilityTest, G5_G8_SurvivesFiftySigkillsWithoutLosingAGenerationOrACou
       << "drained totals + live counters != program hits after " << kKills << " SIGKILLs";
 
   assert_no_leaked_inner_maps(foreign, "at the end");
+}
+
+// A state_dir that fills up (a 256 KiB tmpfs here, a full disk in real life): the generation
+// whose record cannot be written is live but not acknowledged; while the record still cannot
+// be written, further pushes are refused before they touch the data plane; once there is room
+// again, the record catches up and a restart finds what the kernel holds (G8).
+TEST_F(DurabilityTest, G8_AStateDirThatIsFullRefusesPushesUntilTheRecordCatchesUp) {
+  const std::string work = work_dir() + "/full";
+  const std::string state = work + "/state";
+  fs::create_directories(state);
+  ASSERT_EQ(::mount("tmpfs", state.c_str(), "tmpfs", 0, "size=256k"), 0) << std::strerror(errno);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{state};
+  const std::string pins = fs::path(pin_dir()).parent_path() / "pd-full";
+  DaemonProcess d(work, pins, daemon_options());
+  Status started = d.start();
+  ASSERT_TRUE(started.ok()) << started.error().message() << "\n" << d.log();
+  auto stub = d.new_stub();
+  auto push = [&](const v1::PushGenerationRequest& req, v1::PushGenerationResponse* resp) {
+    grpc::ClientContext ctx;
+    set_deadline(ctx, std::chrono::seconds(10));
+    return stub->PushGeneration(&ctx, req, resp);
+  };
+  auto action_of = [&](uint32_t slot) -> uint32_t {
+    auto ks = read_kernel_slot(pins + "/acl", u32le(slot));
+    if (!ks.ok() || !ks->has_value() || (*ks)->entries.empty()) return 0;
+    uint32_t a = 0;
+    std::memcpy(&a, (*ks)->entries.begin()->second.data(), 4);
+    return a;
+  };
+  v1::PushGenerationResponse resp;
+  ASSERT_TRUE(push(acl_push(0, {{"10.0.0.0/8", 1}}, "one"), &resp).ok());
+
+  // Fill the file system.
+  {
+    std::ofstream filler(state + "/filler", std::ios::binary);
+    const std::string block(4096, 'x');
+    while (filler.write(block.data(), block.size())) {
+    }
+  }
+  // Big enough to need new pages of the log.
+  v1::PushGenerationRequest two = acl_push(0, {{"10.0.0.0/8", 2}}, "two");
+  for (uint32_t slot = 1; slot < 40; ++slot) {
+    v1::PushGenerationRequest more = acl_push(slot, {{"10.0.0.0/8", 2}});
+    for (const auto& c : more.changes()) *two.add_changes() = c;
+  }
+  grpc::Status st = push(two, &resp);
+  ASSERT_FALSE(st.ok()) << "a push was acknowledged though its record could not be written";
+  EXPECT_NE(st.error_message().find("could not be recorded"), std::string::npos)
+      << st.error_message();
+  EXPECT_EQ(action_of(0), 2u) << "the unacknowledged generation is live (G8 allows it)";
+  st = push(acl_push(0, {{"10.0.0.0/8", 3}}, "three"), &resp);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  EXPECT_NE(st.error_message().find("changed nothing"), std::string::npos) << st.error_message();
+  EXPECT_EQ(action_of(0), 2u) << "a push refused for the record changed the data plane";
+
+  fs::remove(state + "/filler");
+  ASSERT_TRUE(push(acl_push(0, {{"10.0.0.0/8", 4}}, "four"), &resp).ok());
+  const uint64_t four = resp.generation();
+  EXPECT_EQ(four, 3u) << "one, the unacknowledged two (recorded late), then four";
+  EXPECT_EQ(d.stop(), 0) << d.log();
+  started = d.start();
+  ASSERT_TRUE(started.ok()) << started.error().message() << "\n" << d.log();
+  auto stub2 = d.new_stub();
+  grpc::ClientContext ctx;
+  v1::GetStateRequest greq;
+  v1::GetStateResponse state_resp;
+  ASSERT_TRUE(stub2->GetState(&ctx, greq, &state_resp).ok());
+  EXPECT_EQ(state_resp.generation(), four);
+  EXPECT_EQ(action_of(0), 4u);
+  EXPECT_EQ(action_of(5), 2u);
+  EXPECT_TRUE(contains_all(d.log(), {"adopted generation 3"})) << d.log();
+  EXPECT_EQ(d.stop(), 0);
+  unpin_everything(pins);
 }
 
 // The crash loop at scale: 4,096 populated slots of a hash outer map. Every generation writes

@@ -173,6 +173,31 @@ TEST_F(StateStoreTest, G8_UndoOfARefusedBatchPutsBackTheRecordBeforeIt) {
   EXPECT_FALSE(store->get_contents(contents(2)->digest).ok()) << "undone contents kept";
 }
 
+// The undo of a refused batch puts back contents that only the refused generation still named
+// (the generation that installed them left the history): they must survive the undo.
+TEST_F(StateStoreTest, G8_UndoKeepsContentsOnlyTheRefusedGenerationNamed) {
+  auto store = open();
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->write(generation(1, kSlot0, 1, nullptr, 1)).ok());
+  RecordUpdate second = generation(2, kSlot1, 2, nullptr, 2);
+  second.keep_from = 2;  // generation 1 leaves the history: only slot 0's row names contents 1
+  ASSERT_TRUE(store->write(second).ok());
+  ASSERT_TRUE(store->write(generation(3, kSlot0, 3, contents(1), 3)).ok());
+  RecordUpdate undo;
+  undo.drop_from = 3;
+  undo.generation = 2;
+  undo.slots.push_back({"acl", kSlot0, contents(1)->digest, 1});
+  ASSERT_TRUE(store->write(undo).ok());
+  EXPECT_TRUE(store->get_contents(contents(1)->digest).ok()) << "the undo lost slot 0's contents";
+  EXPECT_FALSE(store->get_contents(contents(3)->digest).ok()) << "the refused contents stayed";
+  store.reset();
+  auto again = open();
+  ASSERT_TRUE(again);
+  auto loaded = again->load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.error().message();
+  EXPECT_EQ((*loaded)->generation, 2u);
+}
+
 // A write that failed is retried together with the next one: both land, in order.
 TEST_F(StateStoreTest, G8_AnUpdateRetriedWithTheNextLandsInOrder) {
   auto store = open();
@@ -217,7 +242,8 @@ class StateStoreDamageTest : public StateStoreTest {
   void expect_refused(const std::string& what) {
     std::map<std::string, std::string> before;
     for (const auto& e : fs::directory_iterator(state_dir_)) {
-      if (e.is_regular_file() && e.path().filename() != "lock")
+      if (e.is_regular_file() && e.path().filename() != "lock" &&
+          e.path().filename() != "state.db-shm")  // SQLite's index of the log, rebuilt on open
         before[e.path().filename()] = read_file(e.path());
     }
     auto store = StateStore::open(state_dir_);
@@ -229,7 +255,8 @@ class StateStoreDamageTest : public StateStoreTest {
     EXPECT_NE(msg.find("restore the state directory from a backup"), std::string::npos) << msg;
     std::map<std::string, std::string> after;
     for (const auto& e : fs::directory_iterator(state_dir_)) {
-      if (e.is_regular_file() && e.path().filename() != "lock")
+      if (e.is_regular_file() && e.path().filename() != "lock" &&
+          e.path().filename() != "state.db-shm")
         after[e.path().filename()] = read_file(e.path());
     }
     EXPECT_EQ(before, after) << what << ": the refused open changed files in " << state_dir_;
@@ -330,6 +357,7 @@ TEST_F(StateStoreTest, G8_ADamagedFileOfTheEarlierFormatIsRefusedAndNothingIsCre
   EXPECT_NE(store.error().message().find("truncated"), std::string::npos)
       << store.error().message();
   EXPECT_FALSE(fs::exists(state_dir_ + "/state.db"));
+  EXPECT_FALSE(fs::exists(state_dir_ + "/state.db.new")) << "the half-made database stayed";
   EXPECT_TRUE(fs::exists(state_dir_ + "/state")) << "the damaged file was moved";
 }
 
