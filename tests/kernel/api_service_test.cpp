@@ -85,14 +85,11 @@ v1::PushGenerationRequest acl_push(uint32_t slot,
   return req;
 }
 
-class ApiServiceTest : public test::BpfTest {
+class ApiServiceTest : public test::BpffsTest {
  protected:
   void SetUp() override {
-    test::BpfTest::SetUp();
+    test::BpffsTest::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
-    Result<test::PrivateBpffs> fs = test::PrivateBpffs::create();
-    ASSERT_TRUE(fs.ok()) << fs.error().message();
-    bpffs_.emplace(std::move(fs).value());
 
     Result<config::DaemonConfig> cfg =
         config::parse_config(config_yaml(bpffs_->join("policyd")), "test.yaml");
@@ -162,7 +159,6 @@ class ApiServiceTest : public test::BpfTest {
     ::close(fd);
   }
 
-  std::optional<test::PrivateBpffs> bpffs_;
   std::shared_ptr<const config::DaemonConfig> config_;
   std::unique_ptr<core::Committer> committer_;
   std::shared_ptr<TestAuthorizer> auth_;

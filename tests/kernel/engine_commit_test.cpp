@@ -219,16 +219,8 @@ std::string describe(const std::set<uint32_t>& ids) {
   return s;
 }
 
-class EngineTest : public test::BpfTest {
+class EngineTest : public test::BpffsTest {
  protected:
-  void SetUp() override {
-    test::BpfTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    Result<test::PrivateBpffs> fs = test::PrivateBpffs::create();
-    ASSERT_TRUE(fs.ok()) << fs.error().message();
-    bpffs_.emplace(std::move(fs).value());
-  }
-
   [[nodiscard]] virtual BarrierMode mode() const { return BarrierMode::kBatch; }
 
   EngineConfig config(std::vector<OuterMapConfig> maps) const {
@@ -240,8 +232,6 @@ class EngineTest : public test::BpfTest {
   }
 
   std::string pin(const std::string& map) const { return bpffs_->join("policyd/" + map); }
-
-  std::optional<test::PrivateBpffs> bpffs_;
 };
 
 class EngineCommitTest : public EngineTest, public ::testing::WithParamInterface<BarrierMode> {

@@ -63,17 +63,8 @@ Generation fill(const std::string& map, uint32_t first, uint32_t count, uint8_t 
   return g;
 }
 
-class EngineResourcesTest : public test::BpfTest {
+class EngineResourcesTest : public test::BpffsTest {
  protected:
-  void SetUp() override {
-    test::BpfTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    Result<test::PrivateBpffs> fs = test::PrivateBpffs::create();
-    ASSERT_TRUE(fs.ok()) << fs.error().message();
-    bpffs_.emplace(std::move(fs).value());
-  }
-
-  std::optional<test::PrivateBpffs> bpffs_;
 };
 
 // Opening an engine sized for 64 concurrent writes starts no thread; a commit starts as many

@@ -51,16 +51,8 @@ size_t open_fds() {
   return n;
 }
 
-class InnerPoolTest : public test::BpfTest {
+class InnerPoolTest : public test::BpffsTest {
  protected:
-  void SetUp() override {
-    test::BpfTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    Result<test::PrivateBpffs> fs = test::PrivateBpffs::create();
-    ASSERT_TRUE(fs.ok()) << fs.error().message();
-    bpffs_.emplace(std::move(fs).value());
-  }
-
   EngineConfig config(std::vector<OuterMapConfig> maps, size_t pool) const {
     EngineConfig c;
     c.pin_dir = bpffs_->join("policyd");
@@ -69,8 +61,6 @@ class InnerPoolTest : public test::BpfTest {
     c.inner_pool = pool;
     return c;
   }
-
-  std::optional<test::PrivateBpffs> bpffs_;
 };
 
 TEST(InnerPoolTarget, G6_BoundedBySlotsMaximumAndMemory) {

@@ -101,4 +101,12 @@ void require_bpf() {
 
 void BpfTest::SetUp() { POLICYD_REQUIRE_BPF(); }
 
+void BpffsTest::SetUp() {
+  BpfTest::SetUp();
+  if (IsSkipped() || HasFatalFailure()) return;
+  Result<PrivateBpffs> fs = PrivateBpffs::create();
+  ASSERT_TRUE(fs.ok()) << fs.error().message();
+  bpffs_.emplace(std::move(fs).value());
+}
+
 }  // namespace policyd::test

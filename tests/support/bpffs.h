@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -49,6 +50,13 @@ void require_bpf();
 class BpfTest : public ::testing::Test {
  protected:
   void SetUp() override;
+};
+
+// A BpfTest with a private bpffs mounted for each test (bpffs_), unmounted after it.
+class BpffsTest : public BpfTest {
+ protected:
+  void SetUp() override;
+  std::optional<PrivateBpffs> bpffs_;
 };
 
 }  // namespace policyd::test
