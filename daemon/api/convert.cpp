@@ -105,6 +105,12 @@ Result<core::Bytes> to_slot(const v1::SlotRef& ref, const core::OuterMapConfig& 
   return invalid_argument(path + ": no slot given (" + is_a + ")");
 }
 
+Status check_request_id(const std::string& request_id, const std::string& field) {
+  if (request_id.size() <= kMaxRequestIdBytes) return {};
+  return invalid_argument(field + ": " + std::to_string(request_id.size()) +
+                          " bytes, longer than the limit of " + std::to_string(kMaxRequestIdBytes));
+}
+
 PushAssembler::PushAssembler(const config::DaemonConfig& config) : config_(config) {
   for (const core::OuterMapConfig& m : config.engine.maps) maps_.emplace(m.name, &m);
 }
@@ -156,6 +162,11 @@ Status PushAssembler::add_change(const v1::SlotChange& in, bool may_continue) {
 
 Status PushAssembler::add(const v1::PushGenerationRequest& message) {
   if (messages_ == 0) {
+    if (message.label().size() > kMaxLabelBytes) {
+      return invalid_argument("label: " + std::to_string(message.label().size()) +
+                              " bytes, longer than the limit of " + std::to_string(kMaxLabelBytes));
+    }
+    POLICYD_TRY(check_request_id(message.request_id(), "request_id"));
     request_.generation.label = message.label();
     request_.expected_generation = message.expected_generation();
     request_.request_id = message.request_id();
@@ -190,7 +201,15 @@ Status PushAssembler::add(const v1::PushGenerationRequest& message) {
                               " entries, more than limits.max_entries_per_push (" +
                               std::to_string(limit) + ")");
   }
+  const uint64_t bytes = bytes_ + message.ByteSizeLong();
+  if (bytes > config_.limits.max_bytes_per_push) {
+    return resource_exhausted("push has " + std::to_string(bytes) +
+                              " encoded bytes, more than limits.max_bytes_per_push (" +
+                              std::to_string(config_.limits.max_bytes_per_push) + ")");
+  }
+  POLICYD_TRY(count_changes_per_map(message));
   entries_ = entries;
+  bytes_ = bytes;
 
   std::vector<core::SlotChange>& changes = request_.generation.changes;
   changes.reserve(changes.size() + static_cast<size_t>(message.changes_size()));
@@ -200,11 +219,31 @@ Status PushAssembler::add(const v1::PushGenerationRequest& message) {
   return {};
 }
 
+// A generation cannot change more slots of a map than the map has: refused before any inner map
+// is built. A stream's continuation of the previous message's last change is counted again,
+// which errs on the side of accepting (the count bounds work, the validator checks slots).
+Status PushAssembler::count_changes_per_map(const v1::PushGenerationRequest& message) {
+  for (const v1::SlotChange& c : message.changes()) {
+    auto it = maps_.find(c.map());
+    if (it == maps_.end()) continue;  // add_change names the unknown map
+    uint64_t& n = changes_per_map_[c.map()];
+    ++n;
+    const uint64_t slots = it->second->slots;
+    if (n > slots + (messages_ > 1 ? messages_ - 1 : 0)) {
+      return resource_exhausted("generation changes more than the " + std::to_string(slots) +
+                                " slots of map \"" + c.map() + "\"");
+    }
+  }
+  return {};
+}
+
 core::PushRequest PushAssembler::take() {
   core::PushRequest out = std::move(request_);
   request_ = core::PushRequest{};
   messages_ = 0;
   entries_ = 0;
+  bytes_ = 0;
+  changes_per_map_.clear();
   return out;
 }
 

@@ -34,8 +34,17 @@ namespace policyd::api {
 // message's last change, its entries are appended to that change. Field paths in errors count
 // changes (and a continued change's entries) across all messages, like core validation does:
 //   changes[17].entries[3].value_fields (map "acl" slot 2): action: value 300 is out of range
-// The total number of entries is bounded by limits.max_entries_per_push (RESOURCE_EXHAUSTED).
+// The total number of entries is bounded by limits.max_entries_per_push, the encoded size of all
+// messages by limits.max_bytes_per_push, and the changes to one map by its slot count (each
+// RESOURCE_EXHAUSTED, checked before anything of the message is converted). label and
+// request_id longer than kMaxLabelBytes / kMaxRequestIdBytes are INVALID_ARGUMENT.
 // `config` must outlive the assembler.
+inline constexpr size_t kMaxLabelBytes = 256;
+inline constexpr size_t kMaxRequestIdBytes = 128;
+
+// INVALID_ARGUMENT naming `field` when `request_id` is longer than kMaxRequestIdBytes.
+[[nodiscard]] Status check_request_id(const std::string& request_id, const std::string& field);
+
 class PushAssembler {
  public:
   explicit PushAssembler(const config::DaemonConfig& config);
@@ -48,12 +57,15 @@ class PushAssembler {
 
  private:
   Status add_change(const v1::SlotChange& in, bool may_continue);
+  Status count_changes_per_map(const v1::PushGenerationRequest& message);
 
   const config::DaemonConfig& config_;
   std::map<std::string, const core::OuterMapConfig*> maps_;
   core::PushRequest request_;
   size_t messages_ = 0;
   uint64_t entries_ = 0;
+  uint64_t bytes_ = 0;
+  std::map<std::string, uint64_t> changes_per_map_;
 };
 
 // A unary push: PushAssembler with one message.

@@ -532,6 +532,10 @@ grpc::ServerUnaryReactor* PolicyService::Rollback(grpc::CallbackServerContext* c
     reactor->Finish(observed(observer_, st));
     return reactor;
   }
+  if (Status st = check_request_id(request->request_id(), "request_id"); !st.ok()) {
+    reactor->Finish(observed(observer_, to_grpc_status(st.error())));
+    return reactor;
+  }
   // "The one before the current" (0) is resolved by the committer at commit time.
   committer_.rollback(request->generation(), request->expected_generation(), request->request_id(),
                       [reactor, response, observer = observer_](Result<core::PushResult> r) {

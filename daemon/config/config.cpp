@@ -10,6 +10,7 @@
 #include <cctype>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
 
@@ -166,7 +167,9 @@ Result<AllowList> read_allow(const Reader& r, const YAML::Node& node, const std:
 
 Status read_api(const Reader& r, const YAML::Node& node, ApiConfig& api) {
   if (!node.IsDefined()) return {};
-  POLICYD_TRY(r.only_keys(node, "api", {"socket", "socket_mode", "socket_group", "allow", "tls"}));
+  POLICYD_TRY(r.only_keys(node, "api",
+                          {"socket", "socket_mode", "socket_group", "allow", "tls",
+                           "max_connections", "max_connections_per_uid"}));
   if (node["socket"]) {
     POLICYD_ASSIGN_OR_RETURN(api.socket, r.str(node["socket"], "api.socket"));
   }
@@ -185,6 +188,14 @@ Status read_api(const Reader& r, const YAML::Node& node, ApiConfig& api) {
   }
   if (node["socket_group"]) {
     POLICYD_ASSIGN_OR_RETURN(api.socket_group, r.str(node["socket_group"], "api.socket_group"));
+  }
+  for (auto [key, out] : {std::pair{"max_connections", &api.max_connections},
+                          std::pair{"max_connections_per_uid", &api.max_connections_per_uid}}) {
+    if (!node[key]) continue;
+    const std::string path = std::string("api.") + key;
+    POLICYD_ASSIGN_OR_RETURN(uint64_t v, r.uint(node[key], path, 1 << 20));
+    if (v == 0) return r.error(node[key], path, "must be at least 1");
+    *out = static_cast<uint32_t>(v);
   }
   if (const YAML::Node allow = node["allow"]) {
     POLICYD_TRY(r.only_keys(allow, "api.allow", {"read", "write"}));
@@ -375,6 +386,30 @@ Result<bpf_map_type> parse_inner_type(const std::string& name) {
                           kernel::map_type_names(kernel::MapRole::kInner) + ")");
 }
 
+// Refuses a mapping anywhere in the document that names a key twice (yaml-cpp keeps both and
+// lookups see only the first, so the second would be silently ignored).
+Status refuse_duplicate_keys(const Reader& r, const YAML::Node& node, const std::string& path) {
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) {
+      POLICYD_TRY(refuse_duplicate_keys(r, node[i], Reader::index(path, i)));
+    }
+    return {};
+  }
+  if (!node.IsMap()) return {};
+  std::map<std::string, YAML::Mark> seen;
+  for (const auto& kv : node) {
+    const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
+    auto [it, fresh] = seen.emplace(key, kv.first.Mark());
+    if (!fresh) {
+      return r.error(kv.first, Reader::join(path, key),
+                     "duplicate key (first given at line " + std::to_string(it->second.line + 1) +
+                         ", column " + std::to_string(it->second.column + 1) + ")");
+    }
+    POLICYD_TRY(refuse_duplicate_keys(r, kv.second, Reader::join(path, key)));
+  }
+  return {};
+}
+
 Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& name) {
   YAML::Node root;
   try {
@@ -387,6 +422,7 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
   DaemonConfig cfg;
   cfg.path = name;
   if (!root.IsMap()) return r.error(root, "(top)", "the config must be a mapping");
+  POLICYD_TRY(refuse_duplicate_keys(r, root, ""));
   POLICYD_TRY(
       r.only_keys(root, "",
                   {"api", "pin_dir", "state_dir", "barrier", "barrier_threads", "build_threads",
@@ -429,7 +465,8 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
     cfg.history = static_cast<uint32_t>(h);
   }
   if (const YAML::Node limits = root["limits"]) {
-    POLICYD_TRY(r.only_keys(limits, "limits", {"max_message_bytes", "max_entries_per_push"}));
+    POLICYD_TRY(r.only_keys(limits, "limits",
+                            {"max_message_bytes", "max_entries_per_push", "max_bytes_per_push"}));
     if (limits["max_message_bytes"]) {
       POLICYD_ASSIGN_OR_RETURN(
           uint64_t v, r.uint(limits["max_message_bytes"], "limits.max_message_bytes", INT32_MAX));
@@ -442,6 +479,15 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
       POLICYD_ASSIGN_OR_RETURN(
           cfg.limits.max_entries_per_push,
           r.uint(limits["max_entries_per_push"], "limits.max_entries_per_push", UINT32_MAX));
+    }
+    if (limits["max_bytes_per_push"]) {
+      POLICYD_ASSIGN_OR_RETURN(
+          uint64_t v, r.uint(limits["max_bytes_per_push"], "limits.max_bytes_per_push", INT64_MAX));
+      if (v < cfg.limits.max_message_bytes)
+        return r.error(limits["max_bytes_per_push"], "limits.max_bytes_per_push",
+                       "must be at least limits.max_message_bytes (" +
+                           std::to_string(cfg.limits.max_message_bytes) + ")");
+      cfg.limits.max_bytes_per_push = v;
     }
   }
   if (root["log_level"]) {
@@ -473,6 +519,11 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
   }
   for (size_t i = 0; i < maps.size(); ++i) {
     POLICYD_TRY(read_map(r, maps[i], Reader::index("maps", i), cfg));
+  }
+  std::vector<const core::OuterMapConfig*> all;
+  for (const core::OuterMapConfig& m : cfg.engine.maps) all.push_back(&m);
+  if (Status st = core::validate_pin_names(all); !st.ok()) {
+    return r.error(maps, "maps", st.error().context);
   }
   return cfg;
 }

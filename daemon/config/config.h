@@ -43,11 +43,15 @@ struct ApiConfig {
   AllowList read;            // write implies read
   AllowList write;
   std::optional<TlsConfig> tls;
+  // Unix connections held at once, in all and per uid; more are closed at accept.
+  uint32_t max_connections = 256;
+  uint32_t max_connections_per_uid = 64;
 };
 
 struct Limits {
-  uint32_t max_message_bytes = 16 << 20;    // gRPC receive limit (unary push)
-  uint64_t max_entries_per_push = 4 << 20;  // over all changes of one generation
+  uint32_t max_message_bytes = 16 << 20;     // gRPC receive limit (unary push)
+  uint64_t max_entries_per_push = 4 << 20;   // over all changes of one generation
+  uint64_t max_bytes_per_push = 1ULL << 30;  // encoded bytes over all messages of one push
 };
 
 // Typed layouts of one outer map: what GetState reports and what typed fields encode with.

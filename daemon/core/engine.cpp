@@ -2,8 +2,10 @@
 #include "core/engine.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <linux/magic.h>
 #include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <sys/statfs.h>
 
 #include <algorithm>
@@ -73,6 +75,23 @@ void set_slot(std::map<Bytes, InnerRef>& slots, const Bytes& slot, InnerRef inne
     slots[slot] = std::move(inner);
   else
     slots.erase(slot);
+}
+
+// An exclusive flock on the pin_dir directory itself (bpffs holds only pins, no lock file),
+// taken before any map is opened: a second daemon on the same pin_dir, whatever its state_dir,
+// would adopt and commit into the first one's maps.
+Result<kernel::UniqueFd> lock_pin_dir(const std::string& pin_dir) {
+  kernel::UniqueFd fd(::open(pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return sys_error(errno, "open pin_dir " + pin_dir);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return failed_precondition("pin_dir " + pin_dir +
+                                 " is in use by another policyd (its flock is held); one daemon "
+                                 "owns a pin_dir, whatever its state_dir");
+    }
+    return sys_error(errno, "lock pin_dir " + pin_dir);
+  }
+  return fd;
 }
 
 // pin_dir must be on bpffs: otherwise mkdir fails with a bare ENOENT (no /sys/fs/bpf) or the
@@ -159,6 +178,11 @@ Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
       return invalid_argument("map \"" + m.name + "\" is declared twice");
     }
   }
+  {
+    std::vector<const OuterMapConfig*> all;
+    for (const OuterMapConfig& m : config.maps) all.push_back(&m);
+    POLICYD_TRY(validate_pin_names(all));
+  }
   kernel::KernelFacts facts = kernel::kernel_release();
   if (config.barrier == BarrierMode::kAuto) {
     POLICYD_ASSIGN_OR_RETURN(facts, kernel::probe_kernel());
@@ -179,6 +203,7 @@ Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
 Status Engine::open_maps() {
   POLICYD_TRY(check_on_bpffs(pins_.dir()));
   POLICYD_TRY(util::make_dirs(pins_.dir()));
+  POLICYD_ASSIGN_OR_RETURN(pin_dir_lock_, lock_pin_dir(pins_.dir()));
   if (config_.drain_pins) POLICYD_TRY(util::make_dirs(pins_.drain_dir()));
   return add_maps(config_.maps);
 }
@@ -187,6 +212,12 @@ Status Engine::add_maps(const std::vector<OuterMapConfig>& maps) {
   for (const OuterMapConfig& m : maps) {
     POLICYD_TRY(validate_map_config(m));
     if (configs_.count(m.name)) return invalid_argument("map \"" + m.name + "\" exists already");
+  }
+  {
+    std::vector<const OuterMapConfig*> all;
+    for (const auto& [name, m] : configs_) all.push_back(&m);
+    for (const OuterMapConfig& m : maps) all.push_back(&m);
+    POLICYD_TRY(validate_pin_names(all));
   }
   for (const OuterMapConfig& m : maps) {
     // std::map never moves its nodes: Outer::config stays valid as maps are added.

@@ -24,6 +24,7 @@
 #include "core/slot_writer.h"
 #include "core/validate.h"
 #include "kernel/probe.h"
+#include "kernel/unique_fd.h"
 #include "util/result.h"
 #include "util/worker_pool.h"
 
@@ -166,6 +167,7 @@ class Engine {
   EngineConfig config_;
   kernel::KernelFacts facts_;
   PinPaths pins_;
+  kernel::UniqueFd pin_dir_lock_;  // flock on pin_dir: one engine (daemon) per pin_dir
   MapConfigs configs_;
   util::WorkerPool build_pool_;
   util::WorkerPool barrier_pool_;

@@ -85,7 +85,9 @@ bool SqliteStmt::column_is_null(int index) const {
 
 Result<std::unique_ptr<SqliteDb>> SqliteDb::open(const std::string& path, bool create) {
   sqlite3* raw = nullptr;
-  const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+  // NOFOLLOW: a symlink planted in state_dir must not redirect the record.
+  const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW |
+                    (create ? SQLITE_OPEN_CREATE : 0);
   const int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
   std::unique_ptr<SqliteDb> db(new SqliteDb(path, raw));
   if (rc != SQLITE_OK) return db->error("open");

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -227,10 +228,37 @@ StateStore::~StateStore() {
   stmts_.reset();  // statements go before their database
 }
 
+namespace {
+
+// The record decides what the data plane holds: refuse a state_dir that someone else could
+// write into (another uid's, or group- or world-writable) or that is a symlink.
+Status check_state_dir_is_private(const std::string& dir) {
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) return sys_error(errno, "stat state_dir " + dir);
+  if (!S_ISDIR(st.st_mode)) {
+    return failed_precondition("state_dir " + dir + " is not a directory (a symlink is refused)");
+  }
+  if (st.st_uid != ::geteuid()) {
+    return failed_precondition("state_dir " + dir + " is owned by uid " +
+                               std::to_string(st.st_uid) + ", not policyd's uid " +
+                               std::to_string(::geteuid()) + " (chown it)");
+  }
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return failed_precondition("state_dir " + dir + " is group- or world-writable (mode " + mode +
+                               "; chmod go-w it)");
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
   POLICYD_TRY(util::make_dirs(dir, 0700));
+  POLICYD_TRY(check_state_dir_is_private(dir));
   const std::string lock_path = dir + "/lock";
-  kernel::UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  kernel::UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!lock.valid()) return sys_error(errno, "open " + lock_path);
   if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) {

@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/pin_paths.h"
 #include "kernel/map.h"
 #include "util/hex.h"
 
@@ -186,6 +187,33 @@ Status validate_generation(const Generation& gen, const MapConfigs& maps) {
 }
 
 Status check_map_name(const std::string& name) { return kernel::check_map_name(name); }
+
+namespace {
+
+// The names `map` pins under pin_dir, each with what it is ("map \"foo\" (bank a)").
+std::vector<std::pair<std::string, std::string>> pinned_names(const OuterMapConfig& map) {
+  const std::string who = "map \"" + map.name + "\"";
+  if (map.group.empty()) return {{map.name, who}};
+  return {{PinPaths::member_name(map.name, 0), who + " (group \"" + map.group + "\", bank a)"},
+          {PinPaths::member_name(map.name, 1), who + " (group \"" + map.group + "\", bank b)"},
+          {PinPaths::bank_name(map.group), "group \"" + map.group + "\"'s bank map"}};
+}
+
+}  // namespace
+
+Status validate_pin_names(const std::vector<const OuterMapConfig*>& maps) {
+  std::map<std::string, std::string> owners;  // pin name -> who pins it
+  for (const OuterMapConfig* m : maps) {
+    for (auto& [name, who] : pinned_names(*m)) {
+      auto [it, fresh] = owners.emplace(name, who);
+      // Members of one group share its bank map; that is one pin, not a collision.
+      if (fresh || it->second == who) continue;
+      return invalid_argument("pin name \"" + name + "\" is used by both " + it->second + " and " +
+                              who);
+    }
+  }
+  return {};
+}
 
 Status validate_map_config(const OuterMapConfig& map) {
   const std::string at = "map \"" + map.name + "\"";

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "core/model.h"
 #include "util/result.h"
@@ -19,6 +20,11 @@ inline constexpr uint32_t kMaxSlotKeySize = 64;
 
 // Checks one outer-map configuration (names, sizes, template rules the kernel enforces).
 [[nodiscard]] Status validate_map_config(const OuterMapConfig& map);
+
+// Refuses two maps whose pins would share a name in pin_dir: a plain map's <name>, a group
+// member's <name>_a and <name>_b, a group's <group>_bank. Names both maps. ('_drain' and other
+// names starting with '_' are policyd's own; validate_map_config refuses them as map names.)
+[[nodiscard]] Status validate_pin_names(const std::vector<const OuterMapConfig*>& maps);
 
 // A map name the kernel accepts: 1 to 15 of [A-Za-z0-9_.]. The config checks a name where it
 // is written (for file:line:column) through this, so no layer above core needs kernel/.

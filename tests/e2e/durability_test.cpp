@@ -683,7 +683,8 @@ TEST_F(DurabilityTest, G8_AStateDirThatIsFullRefusesPushesUntilTheRecordCatchesU
   const std::string work = work_dir() + "/full";
   const std::string state = work + "/state";
   fs::create_directories(state);
-  ASSERT_EQ(::mount("tmpfs", state.c_str(), "tmpfs", 0, "size=256k"), 0) << std::strerror(errno);
+  ASSERT_EQ(::mount("tmpfs", state.c_str(), "tmpfs", 0, "size=256k,mode=0700"), 0)
+      << std::strerror(errno);
   struct Unmount {
     std::string path;
     ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }

@@ -14,6 +14,7 @@
 #include <future>
 #include <map>
 #include <regex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -202,6 +203,52 @@ bool saw_reloaded(const std::vector<v1::Event>& ev) {
     if (e.kind_case() == v1::Event::kReloaded) return true;
   }
   return false;
+}
+
+// Pins in pin_dir/_drain, by name (the drain pins a crash would leave for the next start).
+std::set<std::string> drain_pins(const std::string& pin_dir) {
+  std::set<std::string> out;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator(pin_dir + "/_drain", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    out.insert(it->path().filename().string());
+  }
+  return out;
+}
+
+// A second daemon on the same pin_dir, with a state_dir of its own, would adopt the first one's
+// maps and commit into them: it is refused before it opens any map.
+TEST_F(LifecycleTest, G8_ASecondDaemonOnTheSamePinDirIsRefusedAndTouchesNothing) {
+  push_some();
+  const uint64_t generation = get_state().generation();
+  const std::map<std::string, uint32_t> outers = outer_ids();
+  const KernelSnapshot snap = snapshot();
+  const std::set<std::string> pins = drain_pins(pin_dir());
+
+  const std::string other = work_dir() + "/second";
+  ASSERT_TRUE(std::filesystem::create_directories(other));
+  DaemonProcess second(other, pin_dir(), daemon_options());
+  Status st = second.start(std::chrono::seconds(5));
+  ASSERT_FALSE(st.ok()) << "a second daemon started on the same pin_dir";
+  for (int i = 0; i < 100 && second.running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_FALSE(second.running());
+  EXPECT_NE(second.exit_code().value_or(0), 0);
+  EXPECT_TRUE(contains_all(second.log(), {"pin_dir " + pin_dir(), "in use by another policyd"}))
+      << second.log();
+
+  EXPECT_EQ(outer_ids(), outers);
+  EXPECT_EQ(snapshot(), snap) << "the refused daemon touched the data plane";
+  EXPECT_EQ(drain_pins(pin_dir()), pins);
+  EXPECT_EQ(get_state().generation(), generation) << "the first daemon must keep serving";
+
+  // The control: the same configuration on a pin_dir of its own starts.
+  const std::string third_dir = work_dir() + "/third";
+  ASSERT_TRUE(std::filesystem::create_directories(third_dir));
+  DaemonProcess third(third_dir, pin_dir() + "_third", daemon_options());
+  ASSERT_TRUE(third.start().ok()) << third.log();
+  EXPECT_EQ(third.stop(), 0);
 }
 
 TEST_F(LifecycleTest, ReloadRefusesIncompatibleChangesAndTheOldConfigKeepsRunning) {

@@ -295,6 +295,69 @@ TEST(ConvertPushTest, G6_EntryLimitIsResourceExhausted) {
   EXPECT_EQ(to_grpc_status(e).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
+TEST(ConvertPushTest, G6_LabelAndRequestIdLengthsAreBoundedAndNamed) {
+  auto cfg = test_config();
+  v1::PushGenerationRequest req;
+  req.set_label(std::string(kMaxLabelBytes, 'l'));
+  req.set_request_id(std::string(kMaxRequestIdBytes, 'r'));
+  add_change(req, "acl")->mutable_slot()->set_index(0);
+  ASSERT_TRUE(to_push_request(req, cfg).ok());  // exactly at both limits
+
+  v1::PushGenerationRequest long_label = req;
+  long_label.set_label(std::string(kMaxLabelBytes + 1, 'l'));
+  Error e = convert_error(long_label, cfg);
+  EXPECT_EQ(e.code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(e.message().rfind("label: 257 bytes, longer than the limit of 256", 0), 0u)
+      << e.message();
+
+  v1::PushGenerationRequest long_id = req;
+  long_id.set_request_id(std::string(kMaxRequestIdBytes + 1, 'r'));
+  e = convert_error(long_id, cfg);
+  EXPECT_EQ(e.code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(e.message().rfind("request_id: 129 bytes, longer than the limit of 128", 0), 0u)
+      << e.message();
+  EXPECT_TRUE(
+      check_request_id(std::string(200, 'x'), "request_id").error().message().find("request_id") ==
+      0);
+}
+
+TEST(ConvertPushTest, G6_MoreChangesToAMapThanItHasSlotsAreRefusedBeforeConversion) {
+  auto cfg = test_config();  // ports: hash_of_maps with 4 slots
+  v1::PushGenerationRequest req;
+  for (uint32_t i = 0; i < 4; ++i) {
+    set_fields(add_change(req, "ports")->mutable_slot()->mutable_fields(),
+               {{"ifindex", std::to_string(i + 1).c_str()}});
+  }
+  ASSERT_TRUE(to_push_request(req, cfg).ok()) << convert_error(req, cfg).message();
+  set_fields(add_change(req, "ports")->mutable_slot()->mutable_fields(), {{"ifindex", "9"}});
+  Error e = convert_error(req, cfg);
+  EXPECT_EQ(e.code, ErrorCode::kResourceExhausted);
+  EXPECT_NE(e.message().find("more than the 4 slots of map \"ports\""), std::string::npos)
+      << e.message();
+}
+
+TEST(PushAssemblerTest, G6_ByteLimitSpansMessages) {
+  std::string yaml = kConfig;
+  const std::string limits = "limits: {max_entries_per_push: 6}";
+  yaml.replace(yaml.find(limits), limits.size(),
+               "limits: {max_message_bytes: 1024, max_bytes_per_push: 2048}");
+  Result<config::DaemonConfig> parsed = config::parse_config(yaml, "test.yaml");
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message();
+  const config::DaemonConfig cfg = std::move(parsed).value();
+  PushAssembler a(cfg);
+  v1::PushGenerationRequest msg;
+  v1::SlotChange* c = add_change(msg, "acl");
+  c->mutable_slot()->set_index(0);
+  c->add_entries()->set_key(std::string(900, 'k'));
+  ASSERT_TRUE(a.add(msg).ok());
+  ASSERT_TRUE(a.add(msg).ok());  // about 1,820 bytes in all
+  Status st = a.add(msg);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_NE(st.error().message().find("limits.max_bytes_per_push (2048)"), std::string::npos)
+      << st.error().message();
+}
+
 TEST(PushAssemblerTest, StreamAccumulatesWithGlobalChangeIndexes) {
   auto cfg = test_config();
   PushAssembler a(cfg);

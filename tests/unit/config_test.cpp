@@ -160,6 +160,48 @@ TEST(ConfigTest, DuplicateMapName) {
   EXPECT_NE(msg.find("declared twice"), std::string::npos) << msg;
 }
 
+// A key given twice would silently lose to the first: refused with the second's position,
+// at the top level and deep inside a map's template alike.
+TEST(ConfigTest, DuplicateKeyIsRefusedWithFileLineAndColumn) {
+  std::string top = std::string("history: 4\n") + kMinimal + "history: 8\n";
+  std::string msg = error_of(top);
+  EXPECT_EQ(
+      msg.rfind("test.yaml:12:1: history: duplicate key (first given at line 1, column 1)", 0), 0u)
+      << msg;
+  msg = error_of(replace(kMinimal, "max_entries: 1024", "max_entries: 1024\n      max_entries: 8"));
+  EXPECT_EQ(msg.rfind("test.yaml:9:7: maps[0].inner.max_entries: duplicate key (first given at "
+                      "line 8, column 7)",
+                      0),
+            0u)
+      << msg;
+  EXPECT_TRUE(parse_config(kMinimal, "test.yaml").ok());  // the control: once is fine
+}
+
+// Group member "foo" is pinned as foo_a and foo_b: a plain map "foo_a" would share the pin.
+TEST(ConfigTest, PinNameCollisionsAreRefusedNamingBothMaps) {
+  const std::string member = std::string(kMinimal).substr(std::string(kMinimal).find("  - name"));
+  auto named = [&](const std::string& name, const std::string& group) {
+    std::string m = replace(member, "name: acl", "name: " + name);
+    return group.empty() ? m
+                         : replace(m, "    type: array_of_maps",
+                                   "    type: array_of_maps\n    group: " + group);
+  };
+  const std::string head = "pin_dir: /sys/fs/bpf/pd\nmaps:\n";
+  std::string msg = error_of(head + named("foo", "g") + named("foo_a", ""));
+  EXPECT_NE(msg.find("maps: pin name \"foo_a\" is used by both map \"foo\" (group \"g\", bank a) "
+                     "and map \"foo_a\""),
+            std::string::npos)
+      << msg;
+  msg = error_of(head + named("foo", "g") + named("g_bank", ""));
+  EXPECT_NE(msg.find("pin name \"g_bank\" is used by both group \"g\"'s bank map and map "
+                     "\"g_bank\""),
+            std::string::npos)
+      << msg;
+  // Controls: two members of one group share its bank; distinct names do not collide.
+  EXPECT_TRUE(parse_config(head + named("foo", "g") + named("bar", "g"), "t.yaml").ok());
+  EXPECT_TRUE(parse_config(head + named("foo", "g") + named("foo_c", ""), "t.yaml").ok());
+}
+
 }  // namespace
 }  // namespace policyd::config
 

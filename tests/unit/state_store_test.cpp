@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -221,6 +222,62 @@ TEST_F(StateStoreTest, G8_ASecondDaemonOnTheSameDirectoryIsRefused) {
   EXPECT_NE(second.error().message().find("in use by another policyd"), std::string::npos);
   first.reset();
   EXPECT_TRUE(StateStore::open(state_dir_).ok()) << "the lock outlived its holder";
+}
+
+// Someone who could write into state_dir could rewrite what the next start re-commits: a
+// state_dir that is group- or world-writable, another uid's, or a symlink is refused, with the
+// fix; the controls (0700 and 0755, policyd's own) open.
+TEST_F(StateStoreTest, G8_AStateDirOthersCouldWriteIsRefused) {
+  const std::string dir = state_dir_ + "-perm";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  ASSERT_TRUE(StateStore::open(dir).ok());  // the control
+  ASSERT_EQ(::chmod(dir.c_str(), 0755), 0);
+  ASSERT_TRUE(StateStore::open(dir).ok());  // readable by others is fine
+
+  ASSERT_EQ(::chmod(dir.c_str(), 0775), 0);
+  auto refused = StateStore::open(dir);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(
+      refused.error().message().find("is group- or world-writable (mode 0775; chmod go-w it)"),
+      std::string::npos)
+      << refused.error().message();
+  ASSERT_EQ(::chmod(dir.c_str(), 0707), 0);
+  EXPECT_FALSE(StateStore::open(dir).ok());
+
+  ASSERT_EQ(::chmod(dir.c_str(), 0700), 0);
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(dir.c_str(), 65534, 65534), 0);
+    refused = StateStore::open(dir);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.error().message().find("is owned by uid 65534, not policyd's uid 0"),
+              std::string::npos)
+        << refused.error().message();
+    ASSERT_EQ(::chown(dir.c_str(), 0, 0), 0);
+  }
+
+  const std::string link = state_dir_ + "-link";
+  ASSERT_EQ(::symlink(dir.c_str(), link.c_str()), 0);
+  refused = StateStore::open(link);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message().find("is not a directory (a symlink is refused)"),
+            std::string::npos)
+      << refused.error().message();
+  ::unlink(link.c_str());
+  EXPECT_TRUE(StateStore::open(dir).ok());
+  std::filesystem::remove_all(dir);
+}
+
+// A symlink planted as state.db is not followed.
+TEST_F(StateStoreTest, G8_ASymlinkInPlaceOfTheDatabaseIsNotFollowed) {
+  ASSERT_TRUE(open());  // creates the db
+  const std::string target = state_dir_ + "-elsewhere.db";
+  ASSERT_EQ(::rename((state_dir_ + "/state.db").c_str(), target.c_str()), 0);
+  ::unlink((state_dir_ + "/state.db-wal").c_str());
+  ::unlink((state_dir_ + "/state.db-shm").c_str());
+  ASSERT_EQ(::symlink(target.c_str(), (state_dir_ + "/state.db").c_str()), 0);
+  auto refused = StateStore::open(state_dir_);
+  EXPECT_FALSE(refused.ok()) << "state.db, a symlink, was followed";
+  ::unlink(target.c_str());
 }
 
 // ---- damage ---------------------------------------------------------------------------------
