@@ -98,6 +98,35 @@ struct Daemon::Impl {
   bool stopping = false;
   Systemd systemd;  // sd_notify and the watchdog; last, so its timer goes before io
 
+  RefusalLog refusals;  // the event loop's
+
+  // On the event loop: a caller in no allow-list is closed at once (it could not make any call);
+  // the others are handed to gRPC.
+  void accept(kernel::UniqueFd conn, PeerIdentity peer) {
+    if (authorizer->access_of(peer) == api::Access::kNone) {
+      if (metrics) metrics->on_connection_refused("no_access");
+      if (uint64_t n = refusals.refused(peer.uid, std::chrono::steady_clock::now()); n > 0) {
+        spdlog::warn(
+            "closed {} connection(s) from uid {} gid {} (pid {}): in neither api.allow.read nor "
+            "api.allow.write (logged at most once per second per uid)",
+            n, peer.uid, peer.gid, peer.pid);
+      }
+      return;  // conn closes here
+    }
+    spdlog::debug("connection from pid {} uid {} gid {}", peer.pid, peer.uid, peer.gid);
+    const uid_t uid = peer.uid;
+    if (Status st = authorizer->register_connection(conn.get(), peer); !st.ok()) {
+      if (metrics) metrics->on_connection_refused("limit");
+      if (uint64_t n = refusals.refused(uid, std::chrono::steady_clock::now()); n > 0) {
+        spdlog::warn(
+            "closed {} connection(s) from uid {}: {} (logged at most once per second per uid)", n,
+            uid, st.error().message());
+      }
+      return;
+    }
+    grpc::AddInsecureChannelFromFd(server.get(), conn.release());  // gRPC owns it now
+  }
+
   std::shared_ptr<const config::DaemonConfig> current_config() const {
     std::lock_guard lock(config_mu);
     return config;
@@ -287,11 +316,11 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
   }
 
   POLICYD_ASSIGN_OR_RETURN(impl->listener, UnixListener::open(impl->io, cfg.api));
-  impl->listener->start([self](kernel::UniqueFd conn, PeerIdentity peer) {
-    spdlog::debug("connection from pid {} uid {} gid {}", peer.pid, peer.uid, peer.gid);
-    self->authorizer->register_connection(conn.get(), std::move(peer));
-    grpc::AddInsecureChannelFromFd(self->server.get(), conn.release());  // gRPC owns it now
-  });
+  impl->listener->start(
+      [self](kernel::UniqueFd conn, PeerIdentity peer) { self->accept(std::move(conn), peer); },
+      [self] {
+        if (self->metrics) self->metrics->on_connection_refused("fd_limit");
+      });
 
   impl->signals.add(SIGTERM);
   impl->signals.add(SIGINT);

@@ -3,9 +3,11 @@
 
 #include <grpcpp/grpcpp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdlib>
+#include <iterator>
 
 namespace policyd::app {
 
@@ -40,9 +42,79 @@ api::Access access_for(const PeerIdentity& peer, const config::ApiConfig& api) {
   return api::Access::kNone;
 }
 
-void PeerAuthorizer::register_connection(int fd, PeerIdentity peer) {
+uint64_t RefusalLog::refused(uid_t uid, Clock::time_point now) {
+  auto it = by_uid_.find(uid);
+  if (it == by_uid_.end()) {
+    if (by_uid_.size() >= kMaxUids) {
+      // Forget the uids that have not been logged for a second: their next refusal logs anew.
+      for (auto e = by_uid_.begin(); e != by_uid_.end();) {
+        e = now - e->second.last_logged >= std::chrono::seconds(1) ? by_uid_.erase(e) : ++e;
+      }
+      if (by_uid_.size() >= kMaxUids) return 0;  // 1,024 uids each refused this second
+    }
+    by_uid_.emplace(uid, Entry{now, 0});
+    return 1;
+  }
+  Entry& e = it->second;
+  ++e.quiet;
+  if (now - e.last_logged < std::chrono::seconds(1)) return 0;
+  const uint64_t n = e.quiet;
+  e = Entry{now, 0};
+  return n;
+}
+
+api::Access PeerAuthorizer::access_of(const PeerIdentity& peer) const {
   std::lock_guard lock(mu_);
-  peers_[fd] = std::move(peer);
+  return access_for(peer, api_);
+}
+
+void PeerAuthorizer::forget(std::map<int, Connection>::iterator it) {
+  auto u = per_uid_.find(it->second.peer.uid);
+  if (u != per_uid_.end() && --u->second == 0) per_uid_.erase(u);
+  peers_.erase(it);
+}
+
+void PeerAuthorizer::forget_closed() {
+  for (auto it = peers_.begin(); it != peers_.end();) {
+    struct stat st {};
+    const bool open =
+        ::fstat(it->first, &st) == 0 && st.st_dev == it->second.dev && st.st_ino == it->second.ino;
+    auto next = std::next(it);
+    if (!open) forget(it);
+    it = next;
+  }
+}
+
+Status PeerAuthorizer::register_connection(int fd, PeerIdentity peer) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return sys_error(errno, "fstat a new connection");
+  std::lock_guard lock(mu_);
+  if (auto old = peers_.find(fd); old != peers_.end()) forget(old);  // gRPC closed it
+  auto over = [&] {
+    auto u = per_uid_.find(peer.uid);
+    return peers_.size() >= api_.max_connections ||
+           (u != per_uid_.end() && u->second >= api_.max_connections_per_uid);
+  };
+  if (over()) forget_closed();  // O(connections), only when a limit is reached
+  if (peers_.size() >= api_.max_connections) {
+    return Error{
+        ErrorCode::kResourceExhausted, 0,
+        "api.max_connections (" + std::to_string(api_.max_connections) + ") connections are open"};
+  }
+  if (auto u = per_uid_.find(peer.uid);
+      u != per_uid_.end() && u->second >= api_.max_connections_per_uid) {
+    return Error{ErrorCode::kResourceExhausted, 0,
+                 "uid " + std::to_string(peer.uid) + " holds api.max_connections_per_uid (" +
+                     std::to_string(api_.max_connections_per_uid) + ") connections"};
+  }
+  ++per_uid_[peer.uid];
+  peers_[fd] = Connection{std::move(peer), st.st_dev, st.st_ino};
+  return {};
+}
+
+size_t PeerAuthorizer::connections() const {
+  std::lock_guard lock(mu_);
+  return peers_.size();
 }
 
 void PeerAuthorizer::set_api_config(config::ApiConfig api) {
@@ -55,7 +127,7 @@ api::Access PeerAuthorizer::access(const grpc::CallbackServerContext& ctx) const
   std::lock_guard lock(mu_);
   if (peer.rfind("fd:", 0) == 0) {
     auto it = peers_.find(std::atoi(peer.c_str() + 3));
-    return it == peers_.end() ? api::Access::kNone : access_for(it->second, api_);
+    return it == peers_.end() ? api::Access::kNone : access_for(it->second.peer, api_);
   }
   // Anything else reached us over the TCP listener, which only exists with mutual TLS: the
   // client proved a certificate signed by api.tls.client_ca.
@@ -70,8 +142,9 @@ std::string PeerAuthorizer::describe(const grpc::CallbackServerContext& ctx) con
     std::lock_guard lock(mu_);
     auto it = peers_.find(std::atoi(peer.c_str() + 3));
     if (it == peers_.end()) return peer + ", unknown peer";
-    return "uid " + std::to_string(it->second.uid) + " gid " + std::to_string(it->second.gid) +
-           " pid " + std::to_string(it->second.pid);
+    const PeerIdentity& p = it->second.peer;
+    return "uid " + std::to_string(p.uid) + " gid " + std::to_string(p.gid) + " pid " +
+           std::to_string(p.pid);
   }
   auto auth = ctx.auth_context();
   if (auth && auth->IsPeerAuthenticated()) {

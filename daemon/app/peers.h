@@ -8,6 +8,8 @@
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -32,15 +34,40 @@ struct PeerIdentity {
 // The access an identity gets from the allow-lists (root always gets write).
 [[nodiscard]] api::Access access_for(const PeerIdentity& peer, const config::ApiConfig& api);
 
+// Says when a refusal of a connection from `uid` should be logged: at most once per second per
+// uid, with the number refused since the last line. Keeps at most kMaxUids uids (forgets the
+// quiet ones first), so a stream of new uids cannot grow it. Not thread-safe.
+class RefusalLog {
+ public:
+  static constexpr size_t kMaxUids = 1024;
+  using Clock = std::chrono::steady_clock;
+
+  // The number of refusals (this one included) to report now, or 0 when this one stays quiet.
+  [[nodiscard]] uint64_t refused(uid_t uid, Clock::time_point now);
+
+ private:
+  struct Entry {
+    Clock::time_point last_logged;
+    uint64_t quiet = 0;  // refusals since then
+  };
+  std::map<uid_t, Entry> by_uid_;
+};
+
 class PeerAuthorizer final : public api::Authorizer {
  public:
   explicit PeerAuthorizer(config::ApiConfig api) : api_(std::move(api)) {}
 
-  // Called when a unix connection is handed to gRPC as fd `fd` (replaces an older holder of
-  // the same fd number: descriptors are reused after gRPC closes them).
-  void register_connection(int fd, PeerIdentity peer);
+  // Called before a unix connection is handed to gRPC as fd `fd` (replaces an older holder of
+  // the same fd number: descriptors are reused after gRPC closes them). Refuses it, with why,
+  // when it would exceed api.max_connections or api.max_connections_per_uid; connections gRPC
+  // has closed since (their fd gone, or now another file) are forgotten first.
+  [[nodiscard]] Status register_connection(int fd, PeerIdentity peer);
+  // Unix connections registered and still open at the last count.
+  [[nodiscard]] size_t connections() const;
   // Allow-lists change on reload; connections are re-judged on their next call.
   void set_api_config(config::ApiConfig api);
+  // The access `peer` gets from the allow-lists now (judged at accept: kNone is closed at once).
+  [[nodiscard]] api::Access access_of(const PeerIdentity& peer) const;
 
   [[nodiscard]] api::Access access(const grpc::CallbackServerContext& ctx) const override;
   // "uid 1000 gid 1000 pid 4242" for unix peers, the TLS identity otherwise.
@@ -49,7 +76,16 @@ class PeerAuthorizer final : public api::Authorizer {
  private:
   mutable std::mutex mu_;
   config::ApiConfig api_;
-  std::map<int, PeerIdentity> peers_;  // by fd number
+  struct Connection {
+    PeerIdentity peer;
+    dev_t dev = 0;
+    ino_t ino = 0;  // the socket's inode: tells a reused fd number from the connection
+  };
+  void forget(std::map<int, Connection>::iterator it);
+  void forget_closed();
+
+  std::map<int, Connection> peers_;  // by fd number
+  std::map<uid_t, uint32_t> per_uid_;
 };
 
 }  // namespace policyd::app

@@ -1,6 +1,7 @@
 // Unix socket set-up and the accept loop.
 #include "app/unix_listener.h"
 
+#include <fcntl.h>
 #include <grp.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -74,18 +75,23 @@ Result<std::unique_ptr<UnixListener>> UnixListener::open(boost::asio::io_context
 }
 
 UnixListener::UnixListener(boost::asio::io_context& io, int fd, std::string path)
-    : listener_(io, fd), path_(std::move(path)) {}
+    : listener_(io, fd),
+      backoff_(io),
+      reserve_(::open("/dev/null", O_RDONLY | O_CLOEXEC)),
+      path_(std::move(path)) {}
 
 UnixListener::~UnixListener() { close(); }
 
-void UnixListener::start(AcceptFn on_accept) {
+void UnixListener::start(AcceptFn on_accept, FdExhaustedFn on_fd_exhausted) {
   on_accept_ = std::move(on_accept);
+  on_fd_exhausted_ = std::move(on_fd_exhausted);
   wait_next();
 }
 
 void UnixListener::close() {
   if (!listener_.is_open()) return;
   boost::system::error_code ignored;
+  backoff_.cancel();
   listener_.close(ignored);
   ::unlink(path_.c_str());
 }
@@ -94,20 +100,20 @@ void UnixListener::wait_next() {
   listener_.async_wait(boost::asio::posix::stream_descriptor::wait_read,
                        [this](const boost::system::error_code& ec) {
                          if (ec) return;  // closed
-                         accept_ready();
-                         wait_next();
+                         if (accept_ready()) wait_next();
                        });
 }
 
-void UnixListener::accept_ready() {
+bool UnixListener::accept_ready() {
   for (;;) {
     kernel::UniqueFd conn(
         ::accept4(listener_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!conn.valid()) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        spdlog::warn("accept on {}: {}", path_, std::strerror(errno));
-      }
-      return;
+      const int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return true;
+      // Out of fds, or anything else (ECONNABORTED, ENOBUFS...): pause rather than retry at once.
+      pause_accepting(err);
+      return false;
     }
     Result<PeerIdentity> peer = read_peer_identity(conn.get());
     if (!peer.ok()) {
@@ -116,6 +122,32 @@ void UnixListener::accept_ready() {
     }
     on_accept_(std::move(conn), std::move(peer).value());
   }
+}
+
+void UnixListener::pause_accepting(int err) {
+  if (err == EMFILE || err == ENFILE) {
+    // Give the reserve fd up for a moment to take one waiting connection off the queue and close
+    // it: its caller gets an answer (EOF) rather than waiting on a full backlog.
+    reserve_.reset();
+    kernel::UniqueFd(::accept4(listener_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC));
+    reserve_ = kernel::UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (on_fd_exhausted_) on_fd_exhausted_();
+  }
+  ++failed_since_warning_;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_warning_ >= std::chrono::seconds(1)) {
+    spdlog::warn(
+        "accept on {}: {}; {} failed accept(s) since the last warning, pausing accepts for {} ms "
+        "at a time (out of fds: raise LimitNOFILE=)",
+        path_, std::strerror(err), failed_since_warning_, kAcceptBackoff.count());
+    last_warning_ = now;
+    failed_since_warning_ = 0;
+  }
+  backoff_.expires_after(kAcceptBackoff);
+  backoff_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec || !listener_.is_open()) return;  // cancelled: closed
+    wait_next();
+  });
 }
 
 }  // namespace policyd::app

@@ -76,6 +76,12 @@ struct PolicydMetrics::Impl final : prometheus::Collectable {
                         .Name("policyd_push_errors_total")
                         .Help("Pushes and rollbacks that failed, by gRPC status code")
                         .Register(registry)),
+        connections_refused(prometheus::BuildCounter()
+                                .Name("policyd_connections_refused_total")
+                                .Help("Unix connections closed at accept, by reason: no_access "
+                                      "(in no allow-list), limit (api.max_connections or "
+                                      "api.max_connections_per_uid) or fd_limit (out of fds)")
+                                .Register(registry)),
         reloads(prometheus::BuildCounter()
                     .Name("policyd_reloads_total")
                     .Help("Configuration reloads attempted (SIGHUP and ReloadConfig)")
@@ -132,6 +138,7 @@ struct PolicydMetrics::Impl final : prometheus::Collectable {
   prometheus::Histogram& per_barrier;
   prometheus::Family<prometheus::Counter>& drained_counters;
   prometheus::Family<prometheus::Counter>& push_errors;
+  prometheus::Family<prometheus::Counter>& connections_refused;
   prometheus::Counter& reloads;
   prometheus::Counter& reload_errors;
 };
@@ -160,6 +167,10 @@ void PolicydMetrics::on_drain_finished(const core::DrainFinishedEvent& e) {
 
 void PolicydMetrics::on_push_failed(grpc::StatusCode code) {
   impl_->push_errors.Add({{"code", schema::status_code_name(code)}}).Increment();
+}
+
+void PolicydMetrics::on_connection_refused(const char* reason) {
+  impl_->connections_refused.Add({{"reason", reason}}).Increment();
 }
 
 void PolicydMetrics::on_reload(bool ok) {

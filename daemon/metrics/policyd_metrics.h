@@ -47,6 +47,10 @@ class PolicydMetrics final : public core::EventListener, public api::ApiObserver
   // api::ApiObserver
   void on_push_failed(grpc::StatusCode code) override;
 
+  // A unix connection was closed at accept: "no_access" (in no allow-list), "limit"
+  // (api.max_connections or api.max_connections_per_uid) or "fd_limit" (out of fds).
+  void on_connection_refused(const char* reason);
+
   // A configuration reload (SIGHUP or ReloadConfig) finished, successfully or not.
   void on_reload(bool ok);
 

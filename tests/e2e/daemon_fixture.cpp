@@ -187,7 +187,8 @@ std::string config_yaml(const DaemonOptions& o, const std::string& socket,
     << "  allow:\n"
     << "    write: {uids: " << id_list(o.write_uids) << ", gids: " << id_list(o.write_gids) << "}\n"
     << "    read: {uids: " << id_list(o.read_uids) << ", gids: " << id_list(o.read_gids) << "}\n"
-    << (o.tls_yaml.empty() ? "" : "  tls: " + o.tls_yaml + "\n") << "pin_dir: " << pin_dir << "\n"
+    << o.api_extra_yaml << (o.tls_yaml.empty() ? "" : "  tls: " + o.tls_yaml + "\n")
+    << "pin_dir: " << pin_dir << "\n"
     << "state_dir: " << state_dir << "\n"
     << "barrier: " << o.barrier << "\n"
     << "history: " << o.history << "\n"

@@ -70,6 +70,8 @@ struct DaemonOptions {
   std::string maps_yaml = default_maps_yaml();
   // chmod 0755 the temp dir that holds the socket, so other uids can reach the socket.
   bool world_traversable = false;
+  // Lines added to the `api:` mapping as they are ("  max_connections_per_uid: 8\n").
+  std::string api_extra_yaml;
   // When not empty, the `api.tls` value (a YAML flow map: "{listen: ..., cert: ..., ...}").
   std::string tls_yaml;
   // The daemon's environment on top of the test's: "NAME=value" sets or replaces a variable,
