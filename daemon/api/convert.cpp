@@ -219,19 +219,22 @@ Status PushAssembler::add(const v1::PushGenerationRequest& message) {
   return {};
 }
 
-// A generation cannot change more slots of a map than the map has: refused before any inner map
-// is built. A stream's continuation of the previous message's last change is counted again,
-// which errs on the side of accepting (the count bounds work, the validator checks slots).
+// A generation cannot set more slots of a map than the map has, nor delete more: refused before
+// any inner map is built. Sets and deletes are counted apart, since a generation may delete
+// every old key of a full hash outer map and set as many new ones. A stream's continuation of
+// the previous message's last change is counted again, which errs on the side of accepting (the
+// count bounds work; the validator checks the slots themselves).
 Status PushAssembler::count_changes_per_map(const v1::PushGenerationRequest& message) {
   for (const v1::SlotChange& c : message.changes()) {
     auto it = maps_.find(c.map());
     if (it == maps_.end()) continue;  // add_change names the unknown map
-    uint64_t& n = changes_per_map_[c.map()];
+    uint64_t& n = (c.delete_() ? deletes_per_map_ : sets_per_map_)[c.map()];
     ++n;
     const uint64_t slots = it->second->slots;
     if (n > slots + (messages_ > 1 ? messages_ - 1 : 0)) {
-      return resource_exhausted("generation changes more than the " + std::to_string(slots) +
-                                " slots of map \"" + c.map() + "\"");
+      return resource_exhausted(std::string("generation ") + (c.delete_() ? "deletes" : "sets") +
+                                " more than the " + std::to_string(slots) + " slots of map \"" +
+                                c.map() + "\"");
     }
   }
   return {};
@@ -243,7 +246,8 @@ core::PushRequest PushAssembler::take() {
   messages_ = 0;
   entries_ = 0;
   bytes_ = 0;
-  changes_per_map_.clear();
+  sets_per_map_.clear();
+  deletes_per_map_.clear();
   return out;
 }
 

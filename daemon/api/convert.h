@@ -35,8 +35,8 @@ namespace policyd::api {
 // changes (and a continued change's entries) across all messages, like core validation does:
 //   changes[17].entries[3].value_fields (map "acl" slot 2): action: value 300 is out of range
 // The total number of entries is bounded by limits.max_entries_per_push, the encoded size of all
-// messages by limits.max_bytes_per_push, and the changes to one map by its slot count (each
-// RESOURCE_EXHAUSTED, checked before anything of the message is converted). label and
+// messages by limits.max_bytes_per_push, and the sets (and the deletes) of one map by its slot
+// count (each RESOURCE_EXHAUSTED, checked before anything of the message is converted). label and
 // request_id longer than kMaxLabelBytes / kMaxRequestIdBytes are INVALID_ARGUMENT.
 // `config` must outlive the assembler.
 inline constexpr size_t kMaxLabelBytes = 256;
@@ -65,7 +65,8 @@ class PushAssembler {
   size_t messages_ = 0;
   uint64_t entries_ = 0;
   uint64_t bytes_ = 0;
-  std::map<std::string, uint64_t> changes_per_map_;
+  std::map<std::string, uint64_t> sets_per_map_;
+  std::map<std::string, uint64_t> deletes_per_map_;
 };
 
 // A unary push: PushAssembler with one message.

@@ -129,23 +129,25 @@ void UnixListener::pause_accepting(int err) {
     // Give the reserve fd up for a moment to take one waiting connection off the queue and close
     // it: its caller gets an answer (EOF) rather than waiting on a full backlog.
     reserve_.reset();
-    kernel::UniqueFd(::accept4(listener_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC));
+    kernel::UniqueFd refused(::accept4(listener_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC));
     reserve_ = kernel::UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-    if (on_fd_exhausted_) on_fd_exhausted_();
+    if (refused.valid() && on_fd_exhausted_) on_fd_exhausted_();
   }
   ++failed_since_warning_;
   const auto now = std::chrono::steady_clock::now();
   if (now - last_warning_ >= std::chrono::seconds(1)) {
     spdlog::warn(
         "accept on {}: {}; {} failed accept(s) since the last warning, pausing accepts for {} ms "
-        "at a time (out of fds: raise LimitNOFILE=)",
-        path_, std::strerror(err), failed_since_warning_, kAcceptBackoff.count());
+        "at a time{}",
+        path_, std::strerror(err), failed_since_warning_, kAcceptBackoff.count(),
+        err == EMFILE || err == ENFILE ? " (out of fds: raise LimitNOFILE=)" : "");
     last_warning_ = now;
     failed_since_warning_ = 0;
   }
   backoff_.expires_after(kAcceptBackoff);
   backoff_.async_wait([this](const boost::system::error_code& ec) {
     if (ec || !listener_.is_open()) return;  // cancelled: closed
+    if (!reserve_.valid()) reserve_ = kernel::UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
     wait_next();
   });
 }

@@ -482,12 +482,17 @@ Result<DaemonConfig> parse_config(const std::string& yaml, const std::string& na
     }
     if (limits["max_bytes_per_push"]) {
       POLICYD_ASSIGN_OR_RETURN(
-          uint64_t v, r.uint(limits["max_bytes_per_push"], "limits.max_bytes_per_push", INT64_MAX));
-      if (v < cfg.limits.max_message_bytes)
-        return r.error(limits["max_bytes_per_push"], "limits.max_bytes_per_push",
-                       "must be at least limits.max_message_bytes (" +
-                           std::to_string(cfg.limits.max_message_bytes) + ")");
-      cfg.limits.max_bytes_per_push = v;
+          cfg.limits.max_bytes_per_push,
+          r.uint(limits["max_bytes_per_push"], "limits.max_bytes_per_push", INT64_MAX));
+    }
+    // Checked whether or not it was written: a max_message_bytes over the 1 GiB default needs
+    // max_bytes_per_push raised too, or unary pushes over 1 GiB would be refused.
+    if (cfg.limits.max_bytes_per_push < cfg.limits.max_message_bytes) {
+      return r.error(limits["max_bytes_per_push"] ? limits["max_bytes_per_push"] : limits,
+                     "limits.max_bytes_per_push",
+                     std::to_string(cfg.limits.max_bytes_per_push) +
+                         " is less than limits.max_message_bytes (" +
+                         std::to_string(cfg.limits.max_message_bytes) + ")");
     }
   }
   if (root["log_level"]) {

@@ -95,6 +95,9 @@ struct PolicydMetrics::Impl final : prometheus::Collectable {
     for (grpc::StatusCode code : kPushErrorCodes) {
       push_errors.Add({{"code", schema::status_code_name(code)}});
     }
+    for (const char* reason : {"no_access", "limit", "fd_limit"}) {
+      connections_refused.Add({{"reason", reason}});
+    }
   }
 
   std::vector<prometheus::MetricFamily> Collect() const override {

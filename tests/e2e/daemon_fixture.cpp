@@ -322,6 +322,8 @@ Status DaemonProcess::write_config() {
   if (ec) return sys_error(ec.value(), "mkdir " + work_dir_ + "/run");
   fs::create_directories(state_dir_, ec);
   if (ec) return sys_error(ec.value(), "mkdir " + state_dir_);
+  // policyd refuses a group- or world-writable state_dir: do not depend on the umask.
+  if (::chmod(state_dir_.c_str(), 0700) != 0) return sys_error(errno, "chmod " + state_dir_);
   const mode_t dir_mode = options_.world_traversable ? 0755 : 0700;
   if (::chmod(work_dir_.c_str(), dir_mode) != 0) return sys_error(errno, "chmod " + work_dir_);
   const std::string run_dir = work_dir_ + "/run";

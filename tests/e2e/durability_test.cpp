@@ -890,6 +890,7 @@ TEST_F(DurabilityTest, G8_AStateDirOfTheV1FormatKeepsGenerationHistoryTotalsAndR
   const std::string work = work_dir() + "/v1";
   fs::create_directories(work);
   fs::copy(STATE_V1_FIXTURE, work + "/state", fs::copy_options::recursive);
+  fs::permissions(work + "/state", fs::perms::owner_all);  // not the checkout's mode
   DaemonOptions options = daemon_options();
   options.history = 64;
   DaemonProcess old(work, fixture_pins, options);

@@ -332,8 +332,19 @@ TEST(ConvertPushTest, G6_MoreChangesToAMapThanItHasSlotsAreRefusedBeforeConversi
   set_fields(add_change(req, "ports")->mutable_slot()->mutable_fields(), {{"ifindex", "9"}});
   Error e = convert_error(req, cfg);
   EXPECT_EQ(e.code, ErrorCode::kResourceExhausted);
-  EXPECT_NE(e.message().find("more than the 4 slots of map \"ports\""), std::string::npos)
+  EXPECT_NE(e.message().find("sets more than the 4 slots of map \"ports\""), std::string::npos)
       << e.message();
+
+  // Deleting all four old keys while setting four new ones is a valid generation.
+  v1::PushGenerationRequest swap;
+  for (uint32_t i = 0; i < 4; ++i) {
+    set_fields(add_change(swap, "ports")->mutable_slot()->mutable_fields(),
+               {{"ifindex", std::to_string(i + 1).c_str()}});
+    v1::SlotChange* d = add_change(swap, "ports");
+    d->set_delete_(true);
+    set_fields(d->mutable_slot()->mutable_fields(), {{"ifindex", std::to_string(i + 11).c_str()}});
+  }
+  EXPECT_TRUE(to_push_request(swap, cfg).ok()) << convert_error(swap, cfg).message();
 }
 
 TEST(PushAssemblerTest, G6_ByteLimitSpansMessages) {
