@@ -130,6 +130,9 @@ TEST_F(LifecycleTest, G4_SigtermFinishesInFlightPushes) {
     SCOPED_TRACE("client " + std::to_string(c));
     EXPECT_TRUE(odd_errors[c].empty()) << "a push failed with " << odd_errors[c];
     std::optional<KernelSlot> ks = kernel_slot("acl", c);
+    // A client whose connection failed before any ack (under qemu TCG the fixture's 100 ms
+    // connect timeout can expire) has nothing that must be in; its slot may be empty.
+    if (last_acked[c] == 0 && !ks.has_value()) continue;
     ASSERT_TRUE(ks.has_value());
     ASSERT_EQ(ks->entries.size(), 1u);
     uint32_t action = 0;
