@@ -105,10 +105,10 @@ Result<core::Bytes> to_slot(const v1::SlotRef& ref, const core::OuterMapConfig& 
   return invalid_argument(path + ": no slot given (" + is_a + ")");
 }
 
-Status check_request_id(const std::string& request_id, const std::string& field) {
-  if (request_id.size() <= kMaxRequestIdBytes) return {};
-  return invalid_argument(field + ": " + std::to_string(request_id.size()) +
-                          " bytes, longer than the limit of " + std::to_string(kMaxRequestIdBytes));
+Status check_length(const std::string& value, const std::string& field, size_t limit) {
+  if (value.size() <= limit) return {};
+  return invalid_argument(field + ": " + std::to_string(value.size()) +
+                          " bytes, longer than the limit of " + std::to_string(limit));
 }
 
 PushAssembler::PushAssembler(const config::DaemonConfig& config) : config_(config) {
@@ -162,11 +162,8 @@ Status PushAssembler::add_change(const v1::SlotChange& in, bool may_continue) {
 
 Status PushAssembler::add(const v1::PushGenerationRequest& message) {
   if (messages_ == 0) {
-    if (message.label().size() > kMaxLabelBytes) {
-      return invalid_argument("label: " + std::to_string(message.label().size()) +
-                              " bytes, longer than the limit of " + std::to_string(kMaxLabelBytes));
-    }
-    POLICYD_TRY(check_request_id(message.request_id(), "request_id"));
+    POLICYD_TRY(check_length(message.label(), "label", kMaxLabelBytes));
+    POLICYD_TRY(check_length(message.request_id(), "request_id", kMaxRequestIdBytes));
     request_.generation.label = message.label();
     request_.expected_generation = message.expected_generation();
     request_.request_id = message.request_id();

@@ -42,8 +42,8 @@ namespace policyd::api {
 inline constexpr size_t kMaxLabelBytes = 256;
 inline constexpr size_t kMaxRequestIdBytes = 128;
 
-// INVALID_ARGUMENT naming `field` when `request_id` is longer than kMaxRequestIdBytes.
-[[nodiscard]] Status check_request_id(const std::string& request_id, const std::string& field);
+// INVALID_ARGUMENT naming `field` when `value` is longer than `limit` bytes.
+[[nodiscard]] Status check_length(const std::string& value, const std::string& field, size_t limit);
 
 class PushAssembler {
  public:

@@ -532,7 +532,7 @@ grpc::ServerUnaryReactor* PolicyService::Rollback(grpc::CallbackServerContext* c
     reactor->Finish(observed(observer_, st));
     return reactor;
   }
-  if (Status st = check_request_id(request->request_id(), "request_id"); !st.ok()) {
+  if (Status st = check_length(request->request_id(), "request_id", kMaxRequestIdBytes); !st.ok()) {
     reactor->Finish(observed(observer_, to_grpc_status(st.error())));
     return reactor;
   }

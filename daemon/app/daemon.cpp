@@ -100,31 +100,30 @@ struct Daemon::Impl {
 
   RefusalLog refusals;  // the event loop's
 
-  // On the event loop: a caller in no allow-list is closed at once (it could not make any call);
-  // the others are handed to gRPC.
+  // On the event loop: a caller in no allow-list is closed at once (it could not make any call),
+  // as is one over a connection limit; the others are handed to gRPC.
   void accept(kernel::UniqueFd conn, PeerIdentity peer) {
     if (authorizer->access_of(peer) == api::Access::kNone) {
-      if (metrics) metrics->on_connection_refused("no_access");
-      if (uint64_t n = refusals.refused(peer.uid, std::chrono::steady_clock::now()); n > 0) {
-        spdlog::warn(
-            "closed {} connection(s) from uid {} gid {} (pid {}): in neither api.allow.read nor "
-            "api.allow.write (logged at most once per second per uid)",
-            n, peer.uid, peer.gid, peer.pid);
-      }
+      refuse(peer, "no_access", "in neither api.allow.read nor api.allow.write");
       return;  // conn closes here
     }
     spdlog::debug("connection from pid {} uid {} gid {}", peer.pid, peer.uid, peer.gid);
-    const uid_t uid = peer.uid;
     if (Status st = authorizer->register_connection(conn.get(), peer); !st.ok()) {
-      if (metrics) metrics->on_connection_refused("limit");
-      if (uint64_t n = refusals.refused(uid, std::chrono::steady_clock::now()); n > 0) {
-        spdlog::warn(
-            "closed {} connection(s) from uid {}: {} (logged at most once per second per uid)", n,
-            uid, st.error().message());
-      }
+      refuse(peer, "limit", st.error().message());
       return;
     }
     grpc::AddInsecureChannelFromFd(server.get(), conn.release());  // gRPC owns it now
+  }
+
+  // Counts a refused connection and logs it at most once per second per uid.
+  void refuse(const PeerIdentity& peer, const char* reason, const std::string& why) {
+    if (metrics) metrics->on_connection_refused(reason);
+    if (uint64_t n = refusals.refused(peer.uid, std::chrono::steady_clock::now()); n > 0) {
+      spdlog::warn(
+          "closed {} connection(s) from uid {} gid {} (pid {}): {} (logged at most once per second "
+          "per uid)",
+          n, peer.uid, peer.gid, peer.pid, why);
+    }
   }
 
   std::shared_ptr<const config::DaemonConfig> current_config() const {

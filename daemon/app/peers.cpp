@@ -85,36 +85,33 @@ void PeerAuthorizer::forget_closed() {
   }
 }
 
-Status PeerAuthorizer::register_connection(int fd, PeerIdentity peer) {
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return sys_error(errno, "fstat a new connection");
-  std::lock_guard lock(mu_);
-  if (auto old = peers_.find(fd); old != peers_.end()) forget(old);  // gRPC closed it
-  auto over = [&] {
-    auto u = per_uid_.find(peer.uid);
-    return peers_.size() >= api_.max_connections ||
-           (u != per_uid_.end() && u->second >= api_.max_connections_per_uid);
-  };
-  if (over()) forget_closed();  // O(connections), only when a limit is reached
+Status PeerAuthorizer::limit_reached(uid_t uid) const {
   if (peers_.size() >= api_.max_connections) {
     return Error{
         ErrorCode::kResourceExhausted, 0,
         "api.max_connections (" + std::to_string(api_.max_connections) + ") connections are open"};
   }
-  if (auto u = per_uid_.find(peer.uid);
+  if (auto u = per_uid_.find(uid);
       u != per_uid_.end() && u->second >= api_.max_connections_per_uid) {
     return Error{ErrorCode::kResourceExhausted, 0,
-                 "uid " + std::to_string(peer.uid) + " holds api.max_connections_per_uid (" +
+                 "uid " + std::to_string(uid) + " holds api.max_connections_per_uid (" +
                      std::to_string(api_.max_connections_per_uid) + ") connections"};
+  }
+  return {};
+}
+
+Status PeerAuthorizer::register_connection(int fd, PeerIdentity peer) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return sys_error(errno, "fstat a new connection");
+  std::lock_guard lock(mu_);
+  if (auto old = peers_.find(fd); old != peers_.end()) forget(old);  // gRPC closed it
+  if (!limit_reached(peer.uid).ok()) {
+    forget_closed();  // O(connections), only when a limit is reached
+    POLICYD_TRY(limit_reached(peer.uid));
   }
   ++per_uid_[peer.uid];
   peers_[fd] = Connection{std::move(peer), st.st_dev, st.st_ino};
   return {};
-}
-
-size_t PeerAuthorizer::connections() const {
-  std::lock_guard lock(mu_);
-  return peers_.size();
 }
 
 void PeerAuthorizer::set_api_config(config::ApiConfig api) {

@@ -62,8 +62,6 @@ class PeerAuthorizer final : public api::Authorizer {
   // when it would exceed api.max_connections or api.max_connections_per_uid; connections gRPC
   // has closed since (their fd gone, or now another file) are forgotten first.
   [[nodiscard]] Status register_connection(int fd, PeerIdentity peer);
-  // Unix connections registered and still open at the last count.
-  [[nodiscard]] size_t connections() const;
   // Allow-lists change on reload; connections are re-judged on their next call.
   void set_api_config(config::ApiConfig api);
   // The access `peer` gets from the allow-lists now (judged at accept: kNone is closed at once).
@@ -83,6 +81,8 @@ class PeerAuthorizer final : public api::Authorizer {
   };
   void forget(std::map<int, Connection>::iterator it);
   void forget_closed();
+  // Why one more connection of `uid` would exceed a limit; ok when it would not.
+  [[nodiscard]] Status limit_reached(uid_t uid) const;
 
   std::map<int, Connection> peers_;  // by fd number
   std::map<uid_t, uint32_t> per_uid_;

@@ -28,6 +28,11 @@ Result<sockaddr_un> socket_address(const std::string& path) {
   return addr;
 }
 
+// The fd given up for a moment when out of fds (see pause_accepting).
+kernel::UniqueFd open_reserve() {
+  return kernel::UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+}
+
 // True when a process accepts connections on the socket at `addr`.
 bool someone_listens(const sockaddr_un& addr) {
   kernel::UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -75,10 +80,7 @@ Result<std::unique_ptr<UnixListener>> UnixListener::open(boost::asio::io_context
 }
 
 UnixListener::UnixListener(boost::asio::io_context& io, int fd, std::string path)
-    : listener_(io, fd),
-      backoff_(io),
-      reserve_(::open("/dev/null", O_RDONLY | O_CLOEXEC)),
-      path_(std::move(path)) {}
+    : listener_(io, fd), backoff_(io), reserve_(open_reserve()), path_(std::move(path)) {}
 
 UnixListener::~UnixListener() { close(); }
 
@@ -130,7 +132,7 @@ void UnixListener::pause_accepting(int err) {
     // it: its caller gets an answer (EOF) rather than waiting on a full backlog.
     reserve_.reset();
     kernel::UniqueFd refused(::accept4(listener_.native_handle(), nullptr, nullptr, SOCK_CLOEXEC));
-    reserve_ = kernel::UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    reserve_ = open_reserve();
     if (refused.valid() && on_fd_exhausted_) on_fd_exhausted_();
   }
   ++failed_since_warning_;
@@ -147,7 +149,7 @@ void UnixListener::pause_accepting(int err) {
   backoff_.expires_after(kAcceptBackoff);
   backoff_.async_wait([this](const boost::system::error_code& ec) {
     if (ec || !listener_.is_open()) return;  // cancelled: closed
-    if (!reserve_.valid()) reserve_ = kernel::UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (!reserve_.valid()) reserve_ = open_reserve();
     wait_next();
   });
 }

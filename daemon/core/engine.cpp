@@ -178,11 +178,6 @@ Result<std::unique_ptr<Engine>> Engine::open(EngineConfig config) {
       return invalid_argument("map \"" + m.name + "\" is declared twice");
     }
   }
-  {
-    std::vector<const OuterMapConfig*> all;
-    for (const OuterMapConfig& m : config.maps) all.push_back(&m);
-    POLICYD_TRY(validate_pin_names(all));
-  }
   kernel::KernelFacts facts = kernel::kernel_release();
   if (config.barrier == BarrierMode::kAuto) {
     POLICYD_ASSIGN_OR_RETURN(facts, kernel::probe_kernel());
@@ -214,6 +209,7 @@ Status Engine::add_maps(const std::vector<OuterMapConfig>& maps) {
     if (configs_.count(m.name)) return invalid_argument("map \"" + m.name + "\" exists already");
   }
   {
+    // Against the maps held already too; Engine::open gets here (open_maps) before any map.
     std::vector<const OuterMapConfig*> all;
     for (const auto& [name, m] : configs_) all.push_back(&m);
     for (const OuterMapConfig& m : maps) all.push_back(&m);

@@ -316,9 +316,11 @@ TEST(ConvertPushTest, G6_LabelAndRequestIdLengthsAreBoundedAndNamed) {
   EXPECT_EQ(e.code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(e.message().rfind("request_id: 129 bytes, longer than the limit of 128", 0), 0u)
       << e.message();
-  EXPECT_TRUE(
-      check_request_id(std::string(200, 'x'), "request_id").error().message().find("request_id") ==
-      0);
+  EXPECT_EQ(check_length(std::string(200, 'x'), "request_id", kMaxRequestIdBytes)
+                .error()
+                .message()
+                .rfind("request_id: 200 bytes", 0),
+            0u);
 }
 
 TEST(ConvertPushTest, G6_MoreChangesToAMapThanItHasSlotsAreRefusedBeforeConversion) {
