@@ -452,8 +452,12 @@ std::shared_ptr<grpc::Channel> DaemonProcess::new_channel() const {
   args.SetMaxSendMessageSize(-1);
   // Each test channel is its own connection (no subchannel sharing between channels).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // Retry a refused connect quickly (the daemon may be starting), but give an accepted
+  // connection time to finish its handshake: gRPC takes the minimum connect timeout from
+  // MIN_RECONNECT_BACKOFF, and 100 ms was too short for eight simultaneous connects to a
+  // daemon under TCG (6.1 guest in CI).
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
   return grpc::CreateCustomChannel("unix:" + socket_, grpc::InsecureChannelCredentials(), args);
 }
