@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/statfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -215,40 +216,88 @@ Status Engine::add_maps(const std::vector<OuterMapConfig>& maps) {
     for (const OuterMapConfig& m : maps) all.push_back(&m);
     POLICYD_TRY(validate_pin_names(all));
   }
+  // All or nothing: a map that cannot be created or adopted undoes the maps this call added,
+  // and unpins only what it pinned (an adopted pin holds a data plane and stays).
+  std::set<std::string> pinned_before;
   for (const OuterMapConfig& m : maps) {
-    // std::map never moves its nodes: Outer::config stays valid as maps are added.
-    const OuterMapConfig& cfg = configs_.emplace(m.name, m).first->second;
-    auto outer = std::make_unique<Outer>();
-    outer->config = &cfg;
-    Group* new_group = nullptr;
-    if (!cfg.group.empty()) {
-      auto& group = groups_[cfg.group];
-      if (!group) {
-        group = std::make_unique<Group>();
-        group->name = cfg.group;
-        new_group = group.get();
-      }
-      outer->group = group.get();
-      group->members.push_back(outer.get());
+    for (const std::string& path : pin_paths_of(m)) {
+      if (::access(path.c_str(), F_OK) == 0) pinned_before.insert(path);
     }
-    Outer& o = *outers_.emplace(m.name, std::move(outer)).first->second;
-    if (o.group) {
-      for (int bank = 0; bank < 2; ++bank) {
-        POLICYD_TRY(
-            open_outer(o, bank, PinPaths::member_name(m.name, bank), pins_.member(m.name, bank)));
-      }
-      // The same inner map may sit in both banks of a group member: share one InnerRef.
-      for (auto& [slot, inner] : o.slots[1]) {
-        InnerRef other = find_slot(o.slots[0], slot);
-        if (other && other->id == inner->id) inner = other;
-      }
-    } else {
-      POLICYD_TRY(open_outer(o, 0, m.name, pins_.outer(m.name)));
+  }
+  std::vector<std::string> added;
+  for (const OuterMapConfig& m : maps) {
+    added.push_back(m.name);
+    if (Status st = add_map(m); !st.ok()) {
+      forget_added(added, pinned_before);
+      return st;
     }
-    if (new_group) POLICYD_TRY(open_group(*new_group));
   }
   if (inner_pool_) inner_pool_->configure(configs_);
   return {};
+}
+
+Status Engine::add_map(const OuterMapConfig& m) {
+  // std::map never moves its nodes: Outer::config stays valid as maps are added.
+  const OuterMapConfig& cfg = configs_.emplace(m.name, m).first->second;
+  auto outer = std::make_unique<Outer>();
+  outer->config = &cfg;
+  Group* new_group = nullptr;
+  if (!cfg.group.empty()) {
+    auto& group = groups_[cfg.group];
+    if (!group) {
+      group = std::make_unique<Group>();
+      group->name = cfg.group;
+      new_group = group.get();
+    }
+    outer->group = group.get();
+    group->members.push_back(outer.get());
+  }
+  Outer& o = *outers_.emplace(m.name, std::move(outer)).first->second;
+  if (o.group) {
+    for (int bank = 0; bank < 2; ++bank) {
+      POLICYD_TRY(
+          open_outer(o, bank, PinPaths::member_name(m.name, bank), pins_.member(m.name, bank)));
+    }
+    // The same inner map may sit in both banks of a group member: share one InnerRef.
+    for (auto& [slot, inner] : o.slots[1]) {
+      InnerRef other = find_slot(o.slots[0], slot);
+      if (other && other->id == inner->id) inner = other;
+    }
+  } else {
+    POLICYD_TRY(open_outer(o, 0, m.name, pins_.outer(m.name)));
+  }
+  if (new_group) POLICYD_TRY(open_group(*new_group));
+  return {};
+}
+
+std::vector<std::string> Engine::pin_paths_of(const OuterMapConfig& m) const {
+  if (m.group.empty()) return {pins_.outer(m.name)};
+  return {pins_.member(m.name, 0), pins_.member(m.name, 1), pins_.bank(m.group)};
+}
+
+void Engine::forget_added(const std::vector<std::string>& names,
+                          const std::set<std::string>& pinned_before) {
+  for (auto name = names.rbegin(); name != names.rend(); ++name) {
+    auto it = outers_.find(*name);
+    if (it == outers_.end()) continue;
+    if (Group* g = it->second->group) {
+      g->members.erase(std::remove(g->members.begin(), g->members.end(), it->second.get()),
+                       g->members.end());
+      if (g->members.empty()) groups_.erase(g->name);
+    }
+    for (const std::string& path : pin_paths_of(configs_.at(*name))) {
+      if (pinned_before.count(path) || ::access(path.c_str(), F_OK) != 0) continue;
+      // A bank word another member of the group still uses stays.
+      if (path == pins_.bank(configs_.at(*name).group) && groups_.count(configs_.at(*name).group)) {
+        continue;
+      }
+      if (Status st = kernel::unpin(path); !st.ok()) {
+        spdlog::warn("undo of a failed map creation: {}", st.error().message());
+      }
+    }
+    outers_.erase(it);
+    configs_.erase(*name);
+  }
 }
 
 Status Engine::remove_maps(const std::vector<std::string>& maps) {

@@ -76,7 +76,8 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Creates (or adopts) outer maps added to the configuration, as open() does. Committer
+  // Creates (or adopts) outer maps added to the configuration, as open() does; all or nothing:
+  // when one fails, the others of this call are forgotten and their new pins removed. Committer
   // thread only, and no build() may run meanwhile (it reads the map configurations).
   [[nodiscard]] Status add_maps(const std::vector<OuterMapConfig>& maps);
   // Unpins and forgets outer maps whose slots are all empty and drained (a reloaded
@@ -154,6 +155,14 @@ class Engine {
   Status open_outer(Outer& outer, int bank, const std::string& kernel_name,
                     const std::string& path);
   Status open_group(Group& group);
+  // One map of add_maps(); what it made so far stays in outers_/configs_ when it fails.
+  Status add_map(const OuterMapConfig& m);
+  // The pins a map uses in pin_dir: its own, or a group member's two banks and the bank word.
+  std::vector<std::string> pin_paths_of(const OuterMapConfig& m) const;
+  // Undoes add_map() for `names` (the last first), unpinning only what was not in
+  // `pinned_before`.
+  void forget_added(const std::vector<std::string>& names,
+                    const std::set<std::string>& pinned_before);
   Status adopt_slots(Outer& outer, int bank);
   Result<const Outer*> find(const std::string& map) const;
 

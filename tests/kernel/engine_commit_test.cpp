@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -771,6 +772,29 @@ class EngineAdoptMismatchTest : public EngineTest {
   uint32_t id_before_ = 0;
   std::map<Bytes, uint32_t> slots_before_;
 };
+
+// add_maps() is all or nothing: a map that cannot be adopted (here "mm" with another slot count)
+// undoes the maps the same call had made ("fresh": unpinned, unknown to the engine), leaves the
+// pin it refused as it was, and a corrected call then succeeds (a reload is not stuck on a
+// half-made map).
+TEST_F(EngineAdoptMismatchTest, AddMapsThatFailsPartWayLeavesNothingHalfMade) {
+  auto engine = Engine::open(config({array_outer("keep", 4)}));
+  ASSERT_OK(engine);
+  Status st = (*engine)->add_maps({array_outer("fresh", 4), array_outer("mm", 16)});
+  ASSERT_FALSE(st.ok()) << "a mismatching pinned map was adopted";
+  EXPECT_EQ(st.error().code, ErrorCode::kFailedPrecondition) << st.error().message();
+  EXPECT_FALSE(std::filesystem::exists(pin("fresh"))) << "the half-made map is still pinned";
+  Generation g;
+  g.changes = {replace("fresh", u32_bytes(0), 1)};
+  EXPECT_FALSE((*engine)->validate(g).ok()) << "the engine still knows the half-made map";
+  EXPECT_EQ(pinned_id(pin("mm")), id_before_);
+  EXPECT_EQ(pinned_slots(pin("mm")), slots_before_);
+
+  ASSERT_OK((*engine)->add_maps({array_outer("fresh", 4), array_outer("mm", 8)}));
+  EXPECT_TRUE(std::filesystem::exists(pin("fresh")));
+  EXPECT_EQ(slot_ids(**engine, "mm"), slots_before_) << "adopted as it was";
+  ASSERT_OK((*engine)->push(g));
+}
 
 TEST_F(EngineAdoptMismatchTest, G8_RefusesDifferentSlotCount) {
   expect_refused(array_outer("mm", 16), {"slots 8 -> 16"});
