@@ -9,4 +9,8 @@ std::string Authorizer::describe(const grpc::CallbackServerContext& ctx) const {
   return ctx.peer();
 }
 
+std::string Authorizer::owner(const grpc::CallbackServerContext& ctx) const {
+  return describe(ctx);
+}
+
 }  // namespace policyd::api

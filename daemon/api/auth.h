@@ -18,6 +18,9 @@ enum class Access { kNone, kRead, kWrite };
   return static_cast<int>(have) >= static_cast<int>(need);
 }
 
+// The smaller of two accesses.
+[[nodiscard]] constexpr Access lesser(Access a, Access b) { return permits(a, b) ? b : a; }
+
 [[nodiscard]] constexpr const char* to_string(Access access) {
   switch (access) {
     case Access::kNone:
@@ -37,6 +40,9 @@ struct Authorizer {
   // Who the caller is, for refusals and their log line ("uid 1000 gid 1000 pid 42"). The
   // default is gRPC's peer string ("fd:12", "ipv4:..."), which tells an operator little.
   [[nodiscard]] virtual std::string describe(const grpc::CallbackServerContext& ctx) const;
+  // Who the caller is for per-caller quotas ("uid 1000"): the same for all its processes and
+  // connections. The default is describe().
+  [[nodiscard]] virtual std::string owner(const grpc::CallbackServerContext& ctx) const;
 };
 
 }  // namespace policyd::api

@@ -198,7 +198,14 @@ Status PushAssembler::add(const v1::PushGenerationRequest& message) {
                               " entries, more than limits.max_entries_per_push (" +
                               std::to_string(limit) + ")");
   }
-  const uint64_t bytes = bytes_ + message.ByteSizeLong();
+  // gRPC enforces the limit the daemon started with; a reload may have lowered it since.
+  const uint64_t message_bytes = message.ByteSizeLong();
+  if (message_bytes > config_.limits.max_message_bytes) {
+    return resource_exhausted("a message of " + std::to_string(message_bytes) +
+                              " bytes is larger than limits.max_message_bytes (" +
+                              std::to_string(config_.limits.max_message_bytes) + ")");
+  }
+  const uint64_t bytes = bytes_ + message_bytes;
   if (bytes > config_.limits.max_bytes_per_push) {
     return resource_exhausted("push has " + std::to_string(bytes) +
                               " encoded bytes, more than limits.max_bytes_per_push (" +

@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -272,8 +273,14 @@ class PolicyService::EventHub final : public core::EventListener {
 
 class PolicyService::Watcher final : public grpc::ServerWriteReactor<v1::Event> {
  public:
-  Watcher(std::shared_ptr<EventHub> hub, const grpc::Status& denied)
-      : hub_(std::move(hub)), feed_(std::make_shared<WatchFeed>()) {
+  // `quota` is what the stream holds of its caller's WatchQuota (released when it ends); null
+  // when it holds none.
+  Watcher(std::shared_ptr<EventHub> hub, const grpc::Status& denied,
+          std::shared_ptr<WatchQuota> quota, std::string owner)
+      : hub_(std::move(hub)),
+        feed_(std::make_shared<WatchFeed>()),
+        quota_(std::move(quota)),
+        owner_(std::move(owner)) {
     feed_->reactor = this;
     if (!denied.ok()) {
       feed_->finished = true;
@@ -291,6 +298,7 @@ class PolicyService::Watcher final : public grpc::ServerWriteReactor<v1::Event> 
   void OnCancel() override { feed_->cancel(); }
 
   void OnDone() override {
+    if (quota_) quota_->release(owner_);
     hub_->remove(feed_.get());
     {
       std::lock_guard lock(feed_->mu);
@@ -302,6 +310,8 @@ class PolicyService::Watcher final : public grpc::ServerWriteReactor<v1::Event> 
  private:
   std::shared_ptr<EventHub> hub_;
   std::shared_ptr<WatchFeed> feed_;
+  std::shared_ptr<WatchQuota> quota_;
+  std::string owner_;
 };
 
 // ---- push stream ---------------------------------------------------------------------------
@@ -420,14 +430,17 @@ class PolicyService::ReloadThread {
 
 PolicyService::PolicyService(core::Committer& committer, ConfigSource config,
                              std::shared_ptr<const Authorizer> authorizer, ReloadHook reload,
-                             std::shared_ptr<ApiObserver> observer)
+                             std::shared_ptr<ApiObserver> observer,
+                             std::shared_ptr<WatchQuota> watch_quota)
     : committer_(committer),
       config_(std::move(config)),
       authorizer_(std::move(authorizer)),
       reload_(std::move(reload)),
       observer_(std::move(observer)),
+      watch_quota_(std::move(watch_quota)),
       hub_(std::make_shared<EventHub>(config_)),
-      reload_thread_(std::make_unique<ReloadThread>()) {
+      reload_thread_(std::make_unique<ReloadThread>()),
+      refusals_(std::make_unique<util::LogThrottle>()) {
   committer_.add_listener(hub_);
 }
 
@@ -450,7 +463,14 @@ grpc::Status PolicyService::authorize(const grpc::CallbackServerContext& ctx, Ac
   const std::string who = authorizer_ ? authorizer_->describe(ctx) : ctx.peer();
   const std::string why = std::string(rpc) + " needs " + to_string(need) + " access; the caller (" +
                           who + ") has " + to_string(have);
-  spdlog::warn("refused: {}", why);
+  // A caller repeating a call it may not make must not flood the log: one line per second for
+  // each RPC and access level, with the count.
+  if (uint64_t n = refusals_->occurred(std::string(rpc) + "/" + to_string(have),
+                                       std::chrono::steady_clock::now());
+      n > 0) {
+    spdlog::warn("refused: {} ({} such refusal(s) since the last line; at most one per second)",
+                 why, n);
+  }
   return to_grpc_status(Error{ErrorCode::kPermissionDenied, 0, why});
 }
 
@@ -636,7 +656,13 @@ grpc::ServerUnaryReactor* PolicyService::ReloadConfig(grpc::CallbackServerContex
 
 grpc::ServerWriteReactor<v1::Event>* PolicyService::WatchEvents(
     grpc::CallbackServerContext* ctx, const v1::WatchEventsRequest* /*request*/) {
-  return new Watcher(hub_, authorize(*ctx, Access::kRead, "WatchEvents"));
+  grpc::Status st = authorize(*ctx, Access::kRead, "WatchEvents");
+  if (!st.ok() || !watch_quota_) return new Watcher(hub_, st, nullptr, "");
+  std::string owner = authorizer_ ? authorizer_->owner(*ctx) : ctx->peer();
+  if (Status held = watch_quota_->acquire(owner); !held.ok()) {
+    return new Watcher(hub_, to_grpc_status(held.error()), nullptr, "");
+  }
+  return new Watcher(hub_, st, watch_quota_, std::move(owner));
 }
 
 }  // namespace policyd::api

@@ -11,9 +11,11 @@
 #include "api/auth.h"
 #include "api/observer.h"
 #include "api/reload.h"
+#include "api/watch_quota.h"
 #include "config/config.h"
 #include "core/committer.h"
 #include "policyd/v1/policyd.grpc.pb.h"
+#include "util/log_throttle.h"
 
 namespace policyd::api {
 
@@ -28,10 +30,12 @@ class PolicyService final : public v1::Policy::CallbackService {
   // `committer` must outlive the service, and the service must outlive the grpc::Server that
   // serves it (destroy the server, or Shutdown() + Wait() it, first). Registers an event
   // listener with the committer; the destructor removes it. `observer` (optional) hears about
-  // failed pushes and rollbacks.
+  // failed pushes and rollbacks; `watch_quota` (optional) bounds WatchEvents streams per caller
+  // (Authorizer::owner).
   PolicyService(core::Committer& committer, ConfigSource config,
                 std::shared_ptr<const Authorizer> authorizer, ReloadHook reload,
-                std::shared_ptr<ApiObserver> observer = nullptr);
+                std::shared_ptr<ApiObserver> observer = nullptr,
+                std::shared_ptr<WatchQuota> watch_quota = nullptr);
   ~PolicyService() override;
   PolicyService(const PolicyService&) = delete;
   PolicyService& operator=(const PolicyService&) = delete;
@@ -83,9 +87,11 @@ class PolicyService final : public v1::Policy::CallbackService {
   ConfigSource config_;
   std::shared_ptr<const Authorizer> authorizer_;
   ReloadHook reload_;
-  std::shared_ptr<ApiObserver> observer_;  // may be null
+  std::shared_ptr<ApiObserver> observer_;    // may be null
+  std::shared_ptr<WatchQuota> watch_quota_;  // may be null: unbounded
   std::shared_ptr<EventHub> hub_;
   std::unique_ptr<ReloadThread> reload_thread_;
+  std::unique_ptr<util::LogThrottle> refusals_;  // of calls, by RPC and the caller's access
 };
 
 }  // namespace policyd::api

@@ -6,6 +6,8 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server_posix.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/io_context.hpp>
@@ -15,11 +17,14 @@
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "api/service.h"
 #include "app/peers.h"
 #include "app/systemd.h"
+#include "app/tls_files.h"
 #include "app/unix_listener.h"
 #include "core/committer.h"
 #include "core/engine.h"
@@ -27,6 +32,7 @@
 #include "core/layout_check.h"
 #include "core/state_store.h"
 #include "metrics/http_server.h"
+#include "util/log_throttle.h"
 
 namespace policyd::app {
 namespace {
@@ -72,6 +78,66 @@ std::vector<core::LayoutDifference> map_changes(const core::OuterMapConfig& a,
   return diffs;
 }
 
+// How often the server re-reads its copies of the TLS files: a reload's rotation applies within
+// this long.
+constexpr unsigned kTlsRefreshSeconds = 1;
+
+// Where the server's copies of the TLS files live.
+std::string tls_dir(const config::DaemonConfig& cfg) { return cfg.state_dir + "/tls"; }
+
+// Mutual TLS for the TCP listener: only clients with a certificate signed by the client CA.
+// The server watches policyd's copies of the files (app/tls_files.h), which start and every
+// reload replace once the operator's files have been checked.
+Result<std::shared_ptr<grpc::ServerCredentials>> tls_credentials(const config::TlsConfig& tls,
+                                                                 const std::string& dir) {
+  POLICYD_ASSIGN_OR_RETURN(TlsMaterial material, read_tls_files(tls));
+  POLICYD_TRY(install_tls_files(material, dir));
+  const TlsPaths paths = tls_paths(dir);
+  auto files = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      paths.key, paths.cert, paths.client_ca, kTlsRefreshSeconds);
+  grpc::experimental::TlsServerCredentialsOptions options(files);
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+// Why `next` cannot be applied without a restart to a daemon running `old` whose gRPC servers
+// take messages up to `served_max_message_bytes`; ok when it can.
+Status restart_needed(const config::DaemonConfig& old, const config::DaemonConfig& next,
+                      uint64_t served_max_message_bytes) {
+  auto refuse = [](const std::string& key, const std::string& was, const std::string& is) {
+    return failed_precondition("reload refused: " + key + " changed (running \"" + was +
+                               "\", file \"" + is + "\"); it needs a restart");
+  };
+  if (next.engine.pin_dir != old.engine.pin_dir) {
+    return refuse("pin_dir", old.engine.pin_dir, next.engine.pin_dir);
+  }
+  if (next.state_dir != old.state_dir) return refuse("state_dir", old.state_dir, next.state_dir);
+  if (next.api.socket != old.api.socket)
+    return refuse("api.socket", old.api.socket, next.api.socket);
+  const config::TlsConfig none;
+  const config::TlsConfig& a = old.api.tls ? *old.api.tls : none;
+  const config::TlsConfig& b = next.api.tls ? *next.api.tls : none;
+  for (const auto& [key, was, is] : {std::tuple{"api.tls.listen", &a.listen, &b.listen},
+                                     {"api.tls.cert", &a.cert, &b.cert},
+                                     {"api.tls.key", &a.key, &b.key},
+                                     {"api.tls.client_ca", &a.client_ca, &b.client_ca}}) {
+    if (*was != *is) return refuse(key, *was, *is);
+  }
+  if (next.api.idle_timeout_s != old.api.idle_timeout_s) {
+    return refuse("api.idle_timeout_s", std::to_string(old.api.idle_timeout_s),
+                  std::to_string(next.api.idle_timeout_s));
+  }
+  if (next.limits.max_message_bytes > served_max_message_bytes) {
+    // The gRPC servers were built with the value at start; a lower one applies live.
+    return refuse("limits.max_message_bytes (above its value at start)",
+                  std::to_string(served_max_message_bytes),
+                  std::to_string(next.limits.max_message_bytes));
+  }
+  return {};
+}
+
 }  // namespace
 
 void configure_logging(const std::string& level) {
@@ -85,25 +151,36 @@ struct Daemon::Impl {
   mutable std::mutex config_mu;
   std::mutex reload_mu;  // one reload at a time (SIGHUP and ReloadConfig may race)
   std::shared_ptr<const config::DaemonConfig> config;
+  uint64_t served_max_message_bytes = 0;  // the gRPC servers' limit, set at start
 
   boost::asio::io_context io;
   boost::asio::signal_set signals{io};
   std::unique_ptr<core::Committer> committer;
   std::shared_ptr<PeerAuthorizer> authorizer;
-  std::unique_ptr<api::PolicyService> service;
-  std::unique_ptr<grpc::Server> server;
+  std::shared_ptr<api::WatchQuota> watch_quota;  // shared by both fronts
+  // One gRPC server per access level (see CappedAuthorizer): unix connections go to the one of
+  // the access their credentials had at accept; the TLS port is on the writers' server.
+  struct Front {
+    std::unique_ptr<api::PolicyService> service;
+    std::unique_ptr<grpc::Server> server;
+  };
+  Front readers;
+  Front writers;
+  // The service and gRPC server for the connections of `level`.
+  Result<Front> start_front(api::Access level, const config::DaemonConfig& cfg);
   std::unique_ptr<UnixListener> listener;
   std::shared_ptr<metrics::PolicydMetrics> metrics;  // null: metrics.listen not set
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   bool stopping = false;
   Systemd systemd;  // sd_notify and the watchdog; last, so its timer goes before io
 
-  RefusalLog refusals;  // the event loop's
+  util::LogThrottle refusals;  // by uid
 
   // On the event loop: a caller in no allow-list is closed at once (it could not make any call),
   // as is one over a connection limit; the others are handed to gRPC.
   void accept(kernel::UniqueFd conn, PeerIdentity peer) {
-    if (authorizer->access_of(peer) == api::Access::kNone) {
+    const api::Access access = authorizer->access_of(peer);
+    if (access == api::Access::kNone) {
       refuse(peer, "no_access", "in neither api.allow.read nor api.allow.write");
       return;  // conn closes here
     }
@@ -112,13 +189,16 @@ struct Daemon::Impl {
       refuse(peer, "limit", st.error().message());
       return;
     }
-    grpc::AddInsecureChannelFromFd(server.get(), conn.release());  // gRPC owns it now
+    grpc::Server* server =
+        access == api::Access::kWrite ? writers.server.get() : readers.server.get();
+    grpc::AddInsecureChannelFromFd(server, conn.release());  // gRPC owns it now
   }
 
   // Counts a refused connection and logs it at most once per second per uid.
   void refuse(const PeerIdentity& peer, const char* reason, const std::string& why) {
     if (metrics) metrics->on_connection_refused(reason);
-    if (uint64_t n = refusals.refused(peer.uid, std::chrono::steady_clock::now()); n > 0) {
+    if (uint64_t n = refusals.occurred(std::to_string(peer.uid), std::chrono::steady_clock::now());
+        n > 0) {
       spdlog::warn(
           "closed {} connection(s) from uid {} gid {} (pid {}): {} (logged at most once per second "
           "per uid)",
@@ -139,8 +219,10 @@ struct Daemon::Impl {
     POLICYD_ASSIGN_OR_RETURN(std::string text, read_file(config_path));
     POLICYD_ASSIGN_OR_RETURN(config::DaemonConfig next, config::parse_config(text, config_path));
     auto old = current_config();
-    if (next.engine.pin_dir != old->engine.pin_dir || next.api.socket != old->api.socket) {
-      return failed_precondition("reload refused: pin_dir and api.socket need a restart");
+    POLICYD_TRY(restart_needed(*old, next, served_max_message_bytes));
+    std::optional<TlsMaterial> tls;
+    if (next.api.tls) {
+      POLICYD_ASSIGN_OR_RETURN(tls, read_tls_files(*next.api.tls));
     }
     api::ReloadSummary summary;
     std::map<std::string, const core::OuterMapConfig*> old_maps;
@@ -183,9 +265,11 @@ struct Daemon::Impl {
       POLICYD_TRY(committer->remove_maps(removed, "reload: remove unlisted maps"));
       summary.removed = removed;
     }
+    if (tls) POLICYD_TRY(install_tls_files(*tls, tls_dir(next)));
     committer->set_history(next.history);
     configure_logging(next.log_level);
     authorizer->set_api_config(next.api);
+    watch_quota->set_limit(next.api.max_watchers_per_uid);
     {
       std::lock_guard lock(config_mu);
       config = std::make_shared<const config::DaemonConfig>(std::move(next));
@@ -210,10 +294,12 @@ struct Daemon::Impl {
     if (ec) return;
     if (sig == SIGHUP) {
       Result<api::ReloadSummary> r = notified_reload();
-      if (r.ok())
-        service->publish_reloaded(*r);
-      else
+      if (r.ok()) {
+        readers.service->publish_reloaded(*r);
+        writers.service->publish_reloaded(*r);
+      } else {
         spdlog::error("SIGHUP: {}", r.error().message());
+      }
       wait_signals();
       return;
     }
@@ -237,8 +323,17 @@ struct Daemon::Impl {
     // Every push already accepted is committed and acked (new ones get UNAVAILABLE); then the
     // server cancels what is left (WatchEvents streams, idle connections) after a short grace.
     committer->stop();
-    if (server) server->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
+    const auto deadline = std::chrono::system_clock::now() + kShutdownGrace;
+    for (Front* f : {&readers, &writers}) {
+      if (f->server) f->server->Shutdown(deadline);
+    }
     io.stop();
+  }
+
+  void wait_servers() {
+    for (Front* f : {&readers, &writers}) {
+      if (f->server) f->server->Wait();
+    }
   }
 };
 
@@ -247,8 +342,40 @@ Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Daemon::~Daemon() {
   if (impl_) {
     impl_->shutdown();
-    if (impl_->server) impl_->server->Wait();
+    impl_->wait_servers();
   }
+}
+
+Result<Daemon::Impl::Front> Daemon::Impl::start_front(api::Access level,
+                                                      const config::DaemonConfig& cfg) {
+  Impl* self = this;
+  Front front;
+  front.service = std::make_unique<api::PolicyService>(
+      *committer, [self] { return self->current_config(); },
+      std::make_shared<CappedAuthorizer>(authorizer, level),
+      [self]() -> Result<api::ReloadSummary> {
+        // ReloadConfig runs on a gRPC thread; reloads are serialised by the config mutex
+        // inside and touch only thread-safe pieces.
+        return self->notified_reload();
+      },
+      metrics, watch_quota);
+  grpc::ServerBuilder builder;
+  builder.RegisterService(front.service.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.limits.max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             static_cast<int>(cfg.api.idle_timeout_s * 1000));
+  if (level == api::Access::kWrite && cfg.api.tls) {
+    POLICYD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
+                             tls_credentials(*cfg.api.tls, tls_dir(cfg)));
+    builder.AddListeningPort(cfg.api.tls->listen, creds);
+  }
+  front.server = builder.BuildAndStart();
+  if (!front.server) {
+    return Error{
+        ErrorCode::kInternal, 0,
+        std::string("gRPC server for ") + api::to_string(level) + " access failed to start"};
+  }
+  return front;
 }
 
 Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
@@ -256,6 +383,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
   impl->config_path = cfg.path;
   configure_logging(cfg.log_level);
   impl->config = std::make_shared<const config::DaemonConfig>(cfg);
+  impl->served_max_message_bytes = cfg.limits.max_message_bytes;
   // One fd per live inner map: thousands of slots need more than systemd's soft 1,024.
   Result<core::FdLimit> fd_limit = core::raise_fd_limit();
   if (!fd_limit.ok()) spdlog::warn("{}", fd_limit.error().message());
@@ -275,39 +403,17 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
                            core::Committer::open(std::move(engine), std::move(store), options));
 
   impl->authorizer = std::make_shared<PeerAuthorizer>(cfg.api);
+  impl->watch_quota = std::make_shared<api::WatchQuota>(cfg.api.max_watchers_per_uid);
   Impl* self = impl.get();
   if (!cfg.metrics_listen.empty()) {
     impl->metrics =
         std::make_shared<metrics::PolicydMetrics>([self] { return self->committer->view(); });
     impl->committer->add_listener(impl->metrics);
   }
-  impl->service = std::make_unique<api::PolicyService>(
-      *impl->committer, [self] { return self->current_config(); }, impl->authorizer,
-      [self]() -> Result<api::ReloadSummary> {
-        // ReloadConfig runs on a gRPC thread; reloads are serialised by the config mutex
-        // inside and touch only thread-safe pieces.
-        return self->notified_reload();
-      },
-      impl->metrics);
-
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.RegisterService(impl->service.get());
-  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.limits.max_message_bytes));
-  if (cfg.api.tls) {
-    auto read_pem = [](const std::string& path) { return read_file(path); };
-    POLICYD_ASSIGN_OR_RETURN(std::string cert, read_pem(cfg.api.tls->cert));
-    POLICYD_ASSIGN_OR_RETURN(std::string key, read_pem(cfg.api.tls->key));
-    POLICYD_ASSIGN_OR_RETURN(std::string ca, read_pem(cfg.api.tls->client_ca));
-    grpc::SslServerCredentialsOptions ssl(
-        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    ssl.pem_root_certs = ca;
-    ssl.pem_key_cert_pairs.push_back({key, cert});
-    builder.AddListeningPort(cfg.api.tls->listen, grpc::SslServerCredentials(ssl));
-  }
-  impl->server = builder.BuildAndStart();
-  if (!impl->server) return Error{ErrorCode::kInternal, 0, "gRPC server failed to start"};
+  POLICYD_ASSIGN_OR_RETURN(impl->readers, impl->start_front(api::Access::kRead, cfg));
+  POLICYD_ASSIGN_OR_RETURN(impl->writers, impl->start_front(api::Access::kWrite, cfg));
   if (impl->metrics) {
     POLICYD_ASSIGN_OR_RETURN(impl->metrics_server,
                              metrics::MetricsServer::start(cfg.metrics_listen, impl->metrics));
@@ -336,7 +442,7 @@ int Daemon::run() {
   impl_->systemd.ready(impl_->committer->view()->generation);
   impl_->systemd.start_watchdog(impl_->io, *impl_->committer);
   impl_->io.run();
-  if (impl_->server) impl_->server->Wait();
+  impl_->wait_servers();
   spdlog::info("stopped; pinned maps keep generation {}", impl_->committer->view()->generation);
   return 0;
 }

@@ -42,27 +42,6 @@ api::Access access_for(const PeerIdentity& peer, const config::ApiConfig& api) {
   return api::Access::kNone;
 }
 
-uint64_t RefusalLog::refused(uid_t uid, Clock::time_point now) {
-  auto it = by_uid_.find(uid);
-  if (it == by_uid_.end()) {
-    if (by_uid_.size() >= kMaxUids) {
-      // Forget the uids that have not been logged for a second: their next refusal logs anew.
-      for (auto e = by_uid_.begin(); e != by_uid_.end();) {
-        e = now - e->second.last_logged >= std::chrono::seconds(1) ? by_uid_.erase(e) : ++e;
-      }
-      if (by_uid_.size() >= kMaxUids) return 0;  // 1,024 uids each refused this second
-    }
-    by_uid_.emplace(uid, Entry{now, 0});
-    return 1;
-  }
-  Entry& e = it->second;
-  ++e.quiet;
-  if (now - e.last_logged < std::chrono::seconds(1)) return 0;
-  const uint64_t n = e.quiet;
-  e = Entry{now, 0};
-  return n;
-}
-
 api::Access PeerAuthorizer::access_of(const PeerIdentity& peer) const {
   std::lock_guard lock(mu_);
   return access_for(peer, api_);
@@ -131,6 +110,16 @@ api::Access PeerAuthorizer::access(const grpc::CallbackServerContext& ctx) const
   auto auth = ctx.auth_context();
   if (!auth || !auth->IsPeerAuthenticated() || !api_.tls) return api::Access::kNone;
   return api_.tls->write ? api::Access::kWrite : api::Access::kRead;
+}
+
+std::string PeerAuthorizer::owner(const grpc::CallbackServerContext& ctx) const {
+  const std::string peer = ctx.peer();
+  if (peer.rfind("fd:", 0) == 0) {
+    std::lock_guard lock(mu_);
+    auto it = peers_.find(std::atoi(peer.c_str() + 3));
+    if (it != peers_.end()) return "uid " + std::to_string(it->second.peer.uid);
+  }
+  return describe(ctx);
 }
 
 std::string PeerAuthorizer::describe(const grpc::CallbackServerContext& ctx) const {

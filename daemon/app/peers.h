@@ -8,7 +8,6 @@
 
 #include <sys/types.h>
 
-#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -34,25 +33,6 @@ struct PeerIdentity {
 // The access an identity gets from the allow-lists (root always gets write).
 [[nodiscard]] api::Access access_for(const PeerIdentity& peer, const config::ApiConfig& api);
 
-// Says when a refusal of a connection from `uid` should be logged: at most once per second per
-// uid, with the number refused since the last line. Keeps at most kMaxUids uids (forgets the
-// quiet ones first), so a stream of new uids cannot grow it. Not thread-safe.
-class RefusalLog {
- public:
-  static constexpr size_t kMaxUids = 1024;
-  using Clock = std::chrono::steady_clock;
-
-  // The number of refusals (this one included) to report now, or 0 when this one stays quiet.
-  [[nodiscard]] uint64_t refused(uid_t uid, Clock::time_point now);
-
- private:
-  struct Entry {
-    Clock::time_point last_logged;
-    uint64_t quiet = 0;  // refusals since then
-  };
-  std::map<uid_t, Entry> by_uid_;
-};
-
 class PeerAuthorizer final : public api::Authorizer {
  public:
   explicit PeerAuthorizer(config::ApiConfig api) : api_(std::move(api)) {}
@@ -62,7 +42,8 @@ class PeerAuthorizer final : public api::Authorizer {
   // when it would exceed api.max_connections or api.max_connections_per_uid; connections gRPC
   // has closed since (their fd gone, or now another file) are forgotten first.
   [[nodiscard]] Status register_connection(int fd, PeerIdentity peer);
-  // Allow-lists change on reload; connections are re-judged on their next call.
+  // Allow-lists change on reload; connections are re-judged on their next call (and keep the
+  // ceiling of the server they were accepted on: a granted upgrade needs a new connection).
   void set_api_config(config::ApiConfig api);
   // The access `peer` gets from the allow-lists now (judged at accept: kNone is closed at once).
   [[nodiscard]] api::Access access_of(const PeerIdentity& peer) const;
@@ -70,6 +51,8 @@ class PeerAuthorizer final : public api::Authorizer {
   [[nodiscard]] api::Access access(const grpc::CallbackServerContext& ctx) const override;
   // "uid 1000 gid 1000 pid 4242" for unix peers, the TLS identity otherwise.
   [[nodiscard]] std::string describe(const grpc::CallbackServerContext& ctx) const override;
+  // "uid 1000" for unix peers, the TLS identity otherwise.
+  [[nodiscard]] std::string owner(const grpc::CallbackServerContext& ctx) const override;
 
  private:
   mutable std::mutex mu_;
@@ -86,6 +69,32 @@ class PeerAuthorizer final : public api::Authorizer {
 
   std::map<int, Connection> peers_;  // by fd number
   std::map<uid_t, uint32_t> per_uid_;
+};
+
+// What a PeerAuthorizer says, but never more than `ceiling`. The daemon serves the unix
+// connections of each access level on a gRPC server of its own whose authorizer is capped at
+// that level, so the rights of a connection's calls are bounded by the credentials read when
+// that very connection was accepted. A lookup by fd number can then be wrong only downwards:
+// when gRPC has closed a connection and the kernel has given its fd number to another caller,
+// a call still running from the closed one gets at most the lesser of the two.
+class CappedAuthorizer final : public api::Authorizer {
+ public:
+  CappedAuthorizer(std::shared_ptr<const PeerAuthorizer> inner, api::Access ceiling)
+      : inner_(std::move(inner)), ceiling_(ceiling) {}
+
+  [[nodiscard]] api::Access access(const grpc::CallbackServerContext& ctx) const override {
+    return api::lesser(ceiling_, inner_->access(ctx));
+  }
+  [[nodiscard]] std::string describe(const grpc::CallbackServerContext& ctx) const override {
+    return inner_->describe(ctx);
+  }
+  [[nodiscard]] std::string owner(const grpc::CallbackServerContext& ctx) const override {
+    return inner_->owner(ctx);
+  }
+
+ private:
+  std::shared_ptr<const PeerAuthorizer> inner_;
+  api::Access ceiling_;
 };
 
 }  // namespace policyd::app

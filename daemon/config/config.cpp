@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "core/validate.h"
 #include "kernel/map_types.h"
@@ -167,9 +168,10 @@ Result<AllowList> read_allow(const Reader& r, const YAML::Node& node, const std:
 
 Status read_api(const Reader& r, const YAML::Node& node, ApiConfig& api) {
   if (!node.IsDefined()) return {};
-  POLICYD_TRY(r.only_keys(node, "api",
-                          {"socket", "socket_mode", "socket_group", "allow", "tls",
-                           "max_connections", "max_connections_per_uid"}));
+  POLICYD_TRY(
+      r.only_keys(node, "api",
+                  {"socket", "socket_mode", "socket_group", "allow", "tls", "max_connections",
+                   "max_connections_per_uid", "idle_timeout_s", "max_watchers_per_uid"}));
   if (node["socket"]) {
     POLICYD_ASSIGN_OR_RETURN(api.socket, r.str(node["socket"], "api.socket"));
   }
@@ -189,11 +191,14 @@ Status read_api(const Reader& r, const YAML::Node& node, ApiConfig& api) {
   if (node["socket_group"]) {
     POLICYD_ASSIGN_OR_RETURN(api.socket_group, r.str(node["socket_group"], "api.socket_group"));
   }
-  for (auto [key, out] : {std::pair{"max_connections", &api.max_connections},
-                          std::pair{"max_connections_per_uid", &api.max_connections_per_uid}}) {
+  for (auto [key, out, max] :
+       {std::tuple{"max_connections", &api.max_connections, uint64_t{1} << 20},
+        std::tuple{"max_connections_per_uid", &api.max_connections_per_uid, uint64_t{1} << 20},
+        std::tuple{"idle_timeout_s", &api.idle_timeout_s, uint64_t{86400}},
+        std::tuple{"max_watchers_per_uid", &api.max_watchers_per_uid, uint64_t{1} << 20}}) {
     if (!node[key]) continue;
     const std::string path = std::string("api.") + key;
-    POLICYD_ASSIGN_OR_RETURN(uint64_t v, r.uint(node[key], path, 1 << 20));
+    POLICYD_ASSIGN_OR_RETURN(uint64_t v, r.uint(node[key], path, max));
     if (v == 0) return r.error(node[key], path, "must be at least 1");
     *out = static_cast<uint32_t>(v);
   }

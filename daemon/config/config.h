@@ -46,6 +46,11 @@ struct ApiConfig {
   // Unix connections held at once, in all and per uid; more are closed at accept.
   uint32_t max_connections = 256;
   uint32_t max_connections_per_uid = 64;
+  // A connection with no call in flight for this long is closed (gRPC's GOAWAY); a client
+  // reconnects on its next call. A WatchEvents stream is a call in flight.
+  uint32_t idle_timeout_s = 300;
+  // WatchEvents streams one uid (or one TLS client identity) may hold at once.
+  uint32_t max_watchers_per_uid = 32;
 };
 
 struct Limits {

@@ -89,6 +89,38 @@ class EventsTest : public DaemonTest {
   }
 };
 
+// api.max_watchers_per_uid bounds the WatchEvents streams one uid holds (here 3): a fourth is
+// ended with RESOURCE_EXHAUSTED naming the limit; once one ends, a new one is served.
+class WatchQuotaTest : public EventsTest {
+ protected:
+  DaemonOptions daemon_options() const override {
+    DaemonOptions o;
+    o.api_extra_yaml = "  max_watchers_per_uid: 3\n";
+    return o;
+  }
+};
+
+TEST_F(WatchQuotaTest, G6_WatchEventsStreamsAreBoundedPerUid) {
+  std::vector<std::unique_ptr<EventWatch>> held;
+  for (int i = 0; i < 3; ++i) {
+    held.push_back(synced_watch());
+    ASSERT_FALSE(held.back()->finished().has_value()) << "the control: watch " << i << " ended";
+  }
+  EventWatch extra(daemon().new_stub());
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!extra.finished() && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const std::optional<grpc::Status> st = extra.finished();
+  ASSERT_TRUE(st.has_value()) << "a fourth WatchEvents stream of uid 0 was served";
+  EXPECT_TRUE(has_error(*st, grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        {"uid 0 holds api.max_watchers_per_uid (3)"}));
+  held.pop_back();  // cancels one
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  std::unique_ptr<EventWatch> again = synced_watch();
+  EXPECT_FALSE(again->finished().has_value()) << "a stream ended but its quota was not released";
+}
+
 TEST_F(EventsTest, WatchReportsCommittedAndDrainedEvents) {
   std::unique_ptr<EventWatch> watch = synced_watch();
   ASSERT_FALSE(HasFailure());

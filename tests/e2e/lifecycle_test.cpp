@@ -15,6 +15,7 @@
 #include <map>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -310,6 +311,52 @@ TEST_F(LifecycleTest, ReloadRefusesIncompatibleChangesAndTheOldConfigKeepsRunnin
   EXPECT_EQ(snapshot(), snap) << "a refused reload touched the data plane";
   // Still serving writes on the old config.
   push_ok(acl_push(kAclSlots - 1, {{"10.0.0.0/8", 5}}));
+  ASSERT_TRUE(daemon().rewrite_config(DaemonOptions{}).ok());  // a clean file for teardown
+}
+
+// A reload is honest about what it cannot apply: a changed state_dir (or pin_dir, api.socket,
+// api.tls paths) and a max_message_bytes above the value at start refuse the whole reload,
+// naming the key; a lower max_message_bytes applies live.
+TEST_F(LifecycleTest, ReloadRefusesKeysThatNeedARestartAndAppliesALowerMessageLimitLive) {
+  v1::PushGenerationRequest big;  // about 52 KB encoded
+  std::vector<v1::Entry> entries;
+  for (uint32_t i = 0; i < 100; ++i) entries.push_back(raw_entry(u32le(i), blob_value(7)));
+  add_change(big, "blob", index_slot(0), entries);
+  ASSERT_GT(push_ok(big), 0u) << "the control: under the 256 KiB limit the push fits";
+
+  std::string moved;
+  {
+    std::ifstream in(daemon().config_path());
+    std::stringstream text;
+    text << in.rdbuf();
+    moved = text.str();
+  }
+  const std::string key = "state_dir: ";
+  const auto at = moved.find(key);
+  ASSERT_NE(at, std::string::npos);
+  moved.insert(moved.find('\n', at), "-elsewhere");
+  { std::ofstream(daemon().config_path(), std::ios::trunc) << moved; }
+  v1::ReloadConfigResponse resp;
+  grpc::Status s = reload_via_api(stub(), &resp);
+  EXPECT_TRUE(has_error(s, grpc::StatusCode::FAILED_PRECONDITION,
+                        {"state_dir changed", "-elsewhere", "needs a restart"}));
+
+  DaemonOptions raised;
+  raised.max_message_bytes = 512 * 1024;
+  ASSERT_TRUE(daemon().rewrite_config(raised).ok());
+  s = reload_via_api(stub(), &resp);
+  EXPECT_TRUE(has_error(s, grpc::StatusCode::FAILED_PRECONDITION,
+                        {"limits.max_message_bytes", "262144", "524288", "needs a restart"}));
+
+  DaemonOptions lowered;
+  lowered.max_message_bytes = 16 * 1024;
+  ASSERT_TRUE(daemon().rewrite_config(lowered).ok());
+  s = reload_via_api(stub(), &resp);
+  ASSERT_TRUE(s.ok()) << describe(s);
+  v1::PushGenerationResponse pr;
+  s = push(big, &pr);
+  EXPECT_TRUE(
+      has_error(s, grpc::StatusCode::RESOURCE_EXHAUSTED, {"limits.max_message_bytes (16384)"}));
   ASSERT_TRUE(daemon().rewrite_config(DaemonOptions{}).ok());  // a clean file for teardown
 }
 

@@ -14,6 +14,7 @@
 #include <iomanip>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "daemon_fixture.h"
 
@@ -73,6 +74,9 @@ class TlsTest : public DaemonTest {
     make_ca("rogue-ca");
     make_cert("rogue-client", "rogue-ca", "extendedKeyUsage=clientAuth\n");
     if (HasFatalFailure()) return;
+    // What clients trust the server by: ca.crt itself is the daemon's client CA, which a test
+    // may rotate.
+    fs::copy_file(pki("ca.crt"), pki("server-ca.crt"));
     port_ = free_loopback_port();
     ASSERT_GT(port_, 0) << "no free port on 127.0.0.1";
     DaemonTest::SetUp();
@@ -120,7 +124,7 @@ class TlsTest : public DaemonTest {
       creds = grpc::InsecureChannelCredentials();
     } else {
       grpc::SslCredentialsOptions ssl;
-      ssl.pem_root_certs = slurp(pki("ca.crt"));
+      ssl.pem_root_certs = slurp(pki("server-ca.crt"));
       if (!client.empty()) {
         ssl.pem_private_key = slurp(pki(client + ".key"));
         ssl.pem_cert_chain = slurp(pki(client + ".crt"));
@@ -207,6 +211,45 @@ TEST_F(TlsWriteTest, ClientCertificateFromAnotherCaIsRefused) {
 }
 
 TEST_F(TlsWriteTest, PlaintextIsRefused) { expect_refused(*tcp_stub("", /*plaintext=*/true)); }
+
+// A rotated client CA applies on reload, without a restart: clients of the new CA get in and
+// clients of the old one are refused. Before the reload nothing changes.
+TEST_F(TlsTest, ARotatedClientCaAppliesOnReloadWithoutARestart) {
+  ASSERT_FALSE(tcp_get_state(*tcp_stub("rogue-client")).ok())
+      << "the control: a client of the other CA is refused before the rotation";
+  ASSERT_TRUE(tcp_get_state(*tcp_stub("client")).ok());
+  fs::copy_file(pki("rogue-ca.crt"), pki("ca.crt.new"));
+  fs::rename(pki("ca.crt.new"), pki("ca.crt"));          // as an operator replaces it: atomically
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // two rounds of the server's watcher
+  EXPECT_FALSE(tcp_get_state(*tcp_stub("rogue-client")).ok()) << "applied before the reload";
+  grpc::ClientContext ctx;
+  set_deadline(ctx, kCallTimeout);
+  v1::ReloadConfigResponse resp;
+  grpc::Status st = stub().ReloadConfig(&ctx, v1::ReloadConfigRequest(), &resp);
+  ASSERT_TRUE(st.ok()) << describe(st);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool rotated = false;
+  while (!rotated && std::chrono::steady_clock::now() < give_up) {
+    rotated = tcp_get_state(*tcp_stub("rogue-client")).ok();
+    if (!rotated) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_TRUE(rotated) << "a client of the new CA is still refused 10 s after the rotation";
+  EXPECT_FALSE(tcp_get_state(*tcp_stub("client")).ok()) << "a client of the old CA still gets in";
+  EXPECT_TRUE(daemon().running());
+}
+
+// A rotation gone wrong is named by the reload, and the daemon keeps the last good material.
+TEST_F(TlsTest, AReloadWithABrokenTlsFileIsRefusedNamingItAndTheOldMaterialKeepsServing) {
+  std::ofstream(pki("ca.crt"), std::ios::trunc) << "not a certificate\n";
+  grpc::ClientContext ctx;
+  set_deadline(ctx, kCallTimeout);
+  v1::ReloadConfigResponse resp;
+  grpc::Status st = stub().ReloadConfig(&ctx, v1::ReloadConfigRequest(), &resp);
+  EXPECT_TRUE(has_error(st, grpc::StatusCode::INVALID_ARGUMENT,
+                        {"api.tls.client_ca", pki("ca.crt"), "holds no PEM block"}));
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // the watcher has seen the file
+  EXPECT_TRUE(tcp_get_state(*tcp_stub("client")).ok()) << "the last good client CA was dropped";
+}
 
 TEST_F(TlsTest, ListensOnLoopbackOnly) {
   // /proc/net/tcp lists the listener as 0100007F:<port hex> (127.0.0.1), never 00000000.

@@ -371,6 +371,28 @@ TEST(PushAssemblerTest, G6_ByteLimitSpansMessages) {
       << st.error().message();
 }
 
+// gRPC enforces the max_message_bytes the daemon started with; a reload may lower it, and the
+// assembler enforces the current value on every message.
+TEST(PushAssemblerTest, G6_AMessageOverTheCurrentMaxMessageBytesIsRefused) {
+  std::string yaml = kConfig;
+  const std::string limits = "limits: {max_entries_per_push: 6}";
+  yaml.replace(yaml.find(limits), limits.size(), "limits: {max_message_bytes: 1024}");
+  Result<config::DaemonConfig> parsed = config::parse_config(yaml, "test.yaml");
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message();
+  const config::DaemonConfig cfg = std::move(parsed).value();
+  v1::PushGenerationRequest msg;
+  v1::SlotChange* c = add_change(msg, "acl");
+  c->mutable_slot()->set_index(0);
+  c->add_entries()->set_key(std::string(900, 'k'));
+  EXPECT_TRUE(PushAssembler(cfg).add(msg).ok()) << "the control: 900 bytes fit";
+  c->mutable_entries(0)->set_key(std::string(1100, 'k'));
+  Status st = PushAssembler(cfg).add(msg);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_NE(st.error().message().find("limits.max_message_bytes (1024)"), std::string::npos)
+      << st.error().message();
+}
+
 TEST(PushAssemblerTest, StreamAccumulatesWithGlobalChangeIndexes) {
   auto cfg = test_config();
   PushAssembler a(cfg);

@@ -103,6 +103,20 @@ TEST(ConfigTest, CounterMustBeAnInteger) {
   EXPECT_NE(msg.find("maps[0].inner.value[0].counter"), std::string::npos) << msg;
 }
 
+TEST(ConfigTest, ConnectionLimitsAreBoundedAndNamed) {
+  const std::string base = std::string("api: {idle_timeout_s: X}\n") + kMinimal;
+  auto with = [&](const std::string& v) { return replace(base, "X", v); };
+  Result<DaemonConfig> ok = parse_config(with("30"), "t.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.error().message();
+  EXPECT_EQ(ok.value().api.idle_timeout_s, 30u);
+  EXPECT_NE(error_of(with("0")).find("api.idle_timeout_s: must be at least 1"), std::string::npos)
+      << error_of(with("0"));
+  EXPECT_NE(error_of(with("86401")).find("api.idle_timeout_s"), std::string::npos);
+  const std::string watchers = error_of(std::string("api: {max_watchers_per_uid: 0}\n") + kMinimal);
+  EXPECT_NE(watchers.find("api.max_watchers_per_uid: must be at least 1"), std::string::npos)
+      << watchers;
+}
+
 TEST(ConfigTest, BadValues) {
   EXPECT_NE(error_of(replace(kMinimal, "slots: 64", "slots: -1")).find("maps[0].slots"),
             std::string::npos);
