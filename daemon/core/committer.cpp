@@ -377,6 +377,19 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
   }
   // Readers (ListGenerations, GetState) must see a generation once its push is acked.
   publish_view();
+  if (report->barrier_failed) {
+    // G4: no grace period is known to have passed since the atomic-group flip: no ack, and what
+    // the batch replaced is not drained until a later commit has waited (the engine holds it).
+    Error e = *report->barrier_failed;
+    e.context = "generation " + std::to_string(report->last_generation) +
+                " is live but not acknowledged: " + e.context +
+                "; the maps it replaced are drained after the next successful commit";
+    spdlog::error("{}", e.message());
+    for (ItemPtr& item : ok) finish(item, e);
+    for_each_listener([&](EventListener& l) { l.on_committed(event); });
+    drain_and_publish();
+    return;
+  }
   if (!durable.ok()) {
     // The data plane holds the batch but the record does not: no ack (G8). A restart before
     // the next successful write brings back the generation recorded before.

@@ -306,9 +306,11 @@ Status Engine::remove_maps(const std::vector<std::string>& maps) {
     if (!o->slots[o->active()].empty()) {
       return failed_precondition("map \"" + name + "\" still has slots; empty it first");
     }
-    for (const PendingDrain& p : pending_) {
-      if (p.inner->map == name) {
-        return failed_precondition("map \"" + name + "\" has inner maps waiting for their drain");
+    for (const auto* list : {&pending_, &unsettled_}) {
+      for (const PendingDrain& p : *list) {
+        if (p.inner->map == name) {
+          return failed_precondition("map \"" + name + "\" has inner maps waiting for their drain");
+        }
       }
     }
   }
@@ -644,18 +646,26 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
       return e;
     }
     auto t1 = std::chrono::steady_clock::now();
-    Status barrier = writer_->barrier();
+    const int injected = fail_next_barrier_.exchange(0);
+    Status barrier =
+        injected != 0 ? Status(sys_error(injected, "explicit barrier")) : writer_->barrier();
     report.barrier_ms = util::ms_since(t1);
     if (!barrier.ok()) {
-      // The flip is done and cannot be waited for: say so rather than ack.
-      spdlog::error("{}: {}", what, barrier.error().message());
+      // The flip is done and cannot be waited for: the caller must not ack (CommitReport).
+      report.barrier_failed = barrier.error().wrap("the barrier after the group flip of " + what);
     }
   }
 
   // The kernel now holds the plan: record it and queue what left the data plane for drain.
+  // A commit that waited successfully also settles what an earlier failed barrier held back.
+  std::vector<PendingDrain>& leaving = report.barrier_failed ? unsettled_ : pending_;
+  if (!report.barrier_failed && !unsettled_.empty()) {
+    pending_.insert(pending_.end(), unsettled_.begin(), unsettled_.end());
+    unsettled_.clear();
+  }
   for (Plan::Record& r : plan.records) {
     set_slot(r.outer->slots[r.bank], r.slot, r.next);
-    if (!r.outer->group && r.prev) pending_.push_back({r.prev, r.generation});
+    if (!r.outer->group && r.prev) leaving.push_back({r.prev, r.generation});
   }
   for (Group* g : plan.groups) {
     const int old_active = g->active;
@@ -665,8 +675,8 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
       for (auto& [slot, old] : m->slots[old_active]) {
         if (find_slot(target, slot) == old) continue;
         auto changed = plan.group_changed_by[m].find(slot);
-        pending_.push_back({old, changed == plan.group_changed_by[m].end() ? report.last_generation
-                                                                           : changed->second});
+        leaving.push_back({old, changed == plan.group_changed_by[m].end() ? report.last_generation
+                                                                          : changed->second});
       }
     }
   }
@@ -711,7 +721,9 @@ Status Engine::pin_leaving(const Plan& plan) {
 // After a failed commit: maps pinned for a drain that will not happen (they are live again).
 void Engine::unpin_unless_pending(const Plan& plan) {
   std::set<const InnerMap*> pending;
-  for (const PendingDrain& p : pending_) pending.insert(p.inner.get());
+  for (const auto* list : {&pending_, &unsettled_}) {
+    for (const PendingDrain& p : *list) pending.insert(p.inner.get());
+  }
   auto release = [&](const InnerRef& inner) {
     if (!inner || inner->drain_pin.empty() || pending.count(inner.get())) return;
     (void)kernel::unpin(inner->drain_pin);
@@ -911,8 +923,10 @@ std::vector<uint32_t> Engine::owned_map_ids() const {
     }
   }
   for (auto& [name, g] : groups_) ids.insert(g->bank_id);
-  for (const PendingDrain& p : pending_) {
-    if (p.inner->fd.valid()) ids.insert(p.inner->id);
+  for (const auto* list : {&pending_, &unsettled_}) {
+    for (const PendingDrain& p : *list) {
+      if (p.inner->fd.valid()) ids.insert(p.inner->id);
+    }
   }
   for (uint32_t id : writer_->own_map_ids()) ids.insert(id);
   if (inner_pool_) {

@@ -9,10 +9,12 @@
 // must also run on it (they read committer state).
 #pragma once
 
+#include <atomic>
 #include <compare>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -37,6 +39,11 @@ struct CommitReport {
   size_t rounds = 0;         // write rounds + explicit barriers this commit waited for
   double write_ms = 0;       // outer-map writes (their waits included)
   double barrier_ms = 0;     // explicit barrier (atomic groups only)
+  // Set when the explicit barrier after an atomic-group flip failed. The batch is live (the
+  // flip cannot be taken back without another unwaited flip), but no grace period is known to
+  // have passed: not acknowledgeable, and what it replaced is held back from drain() until a
+  // later commit has waited successfully.
+  std::optional<Error> barrier_failed;
 };
 
 struct SlotInfo {
@@ -95,6 +102,10 @@ class Engine {
   // Reads out and closes every inner map that left the data plane at an earlier commit.
   // With drain_pins, their pins stay until release_drained().
   [[nodiscard]] Result<std::vector<DrainRecord>> drain();
+  // For tests: the next explicit barrier fails with `err` (a fault the kernel cannot be made to
+  // produce on demand).
+  // Thread-safe (a test may call it while the committer thread commits).
+  void fail_next_barrier_for_test(int err) { fail_next_barrier_ = err; }
   // Ids of drained inner maps whose pins are still there: the durable record lists them, so
   // that a restart before release_drained() does not count them twice.
   [[nodiscard]] std::vector<uint32_t> unreleased_drains() const;
@@ -120,7 +131,7 @@ class Engine {
   [[nodiscard]] const PinPaths& pins() const { return pins_; }
   [[nodiscard]] const MapConfigs& maps() const { return configs_; }
   [[nodiscard]] EngineStats stats() const;
-  [[nodiscard]] size_t pending_drains() const { return pending_.size(); }
+  [[nodiscard]] size_t pending_drains() const { return pending_.size() + unsettled_.size(); }
   // Pre-created inner maps (null when EngineConfig::inner_pool is 0). Thread-safe.
   [[nodiscard]] InnerMapPool* inner_pool() const { return inner_pool_.get(); }
 
@@ -185,6 +196,10 @@ class Engine {
   std::map<std::string, std::unique_ptr<Outer>> outers_;
   std::map<std::string, std::unique_ptr<Group>> groups_;
   std::vector<PendingDrain> pending_;
+  // Left the data plane in a commit whose barrier failed: moved to pending_ once a later commit
+  // has waited successfully.
+  std::vector<PendingDrain> unsettled_;
+  std::atomic<int> fail_next_barrier_{0};
   std::vector<InnerRef> drained_;  // drained, still pinned until release_drained()
   std::map<CounterKey, uint64_t> drained_totals_;
   uint64_t current_ = 0;

@@ -8,8 +8,10 @@
 #include <gtest/gtest.h>
 #include <linux/bpf.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <optional>
 #include <set>
@@ -17,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/committer.h"
 #include "core/engine.h"
 #include "engine_harness.h"
 #include "kernel/map.h"
@@ -283,6 +286,58 @@ TEST_P(EngineGroupTest, G7_UnchangedSlotsFollowTheFlip) {
   EXPECT_EQ(skel_->bss->mismatches, 0u);
   EXPECT_EQ(skel_->bss->misses, 0u);
   EXPECT_GT(skel_->bss->group_ok, 0u);
+}
+
+// G4/G7: when the explicit barrier after a flip fails (injected: the kernel cannot be made to
+// fail it), the commit says so in its report and nothing the flip replaced is drained; the
+// next commit, which waits successfully, settles them and the drain reads them out then.
+TEST_P(EngineGroupTest, G4_G7_AFailedBarrierHoldsBackTheDrainUntilALaterCommitWaits) {
+  ASSERT_TRUE(engine_->push(both(1)).ok());
+  ASSERT_TRUE(engine_->drain().ok());
+  engine_->fail_next_barrier_for_test(EIO);
+  auto failed = engine_->push(both(2));
+  ASSERT_TRUE(failed.ok()) << failed.error().message();
+  ASSERT_TRUE(failed->barrier_failed.has_value()) << "a failed barrier went unreported";
+  EXPECT_EQ(failed->barrier_failed->code, ErrorCode::kInternal);
+  EXPECT_NE(failed->barrier_failed->message().find("barrier"), std::string::npos)
+      << failed->barrier_failed->message();
+  EXPECT_EQ(kernel_view_action("grpx", 0), 2u) << "the flip is live";
+  auto held = engine_->drain();
+  ASSERT_TRUE(held.ok()) << held.error().message();
+  EXPECT_EQ(held->size(), 0u) << "maps replaced under a failed barrier were drained";
+
+  auto next = engine_->push(both(3));
+  ASSERT_TRUE(next.ok()) << next.error().message();
+  EXPECT_FALSE(next->barrier_failed.has_value());
+  auto settled = engine_->drain();
+  ASSERT_TRUE(settled.ok()) << settled.error().message();
+  EXPECT_EQ(settled->size(), 4u) << "generation 1's and 2's maps, drained once a commit waited";
+}
+
+// The committer does not acknowledge a generation whose barrier failed: INTERNAL with the
+// errno, saying the generation is live; the next push is acknowledged as usual.
+TEST_P(EngineGroupTest, G4_G7_APushWhoseBarrierFailedIsNotAcknowledged) {
+  core::Engine* engine = engine_.get();
+  core::Committer committer(std::move(engine_), core::CommitterOptions{8});
+  auto push = [&](core::Generation gen) {
+    std::promise<Result<core::PushResult>> done;
+    committer.push(core::PushRequest{std::move(gen), 0, ""},
+                   [&](Result<core::PushResult> r) { done.set_value(std::move(r)); });
+    return done.get_future().get();
+  };
+  ASSERT_TRUE(push(both(1)).ok());
+  engine->fail_next_barrier_for_test(EIO);
+  Result<core::PushResult> failed = push(both(2));
+  ASSERT_FALSE(failed.ok()) << "a generation was acked though its barrier failed";
+  EXPECT_EQ(failed.error().code, ErrorCode::kInternal);
+  for (const char* part : {"generation 2 is live but not acknowledged", "barrier",
+                           "Input/output error", "drained after the next successful commit"}) {
+    EXPECT_NE(failed.error().message().find(part), std::string::npos) << failed.error().message();
+  }
+  Result<core::PushResult> next = push(both(3));
+  ASSERT_TRUE(next.ok()) << next.error().message();
+  EXPECT_EQ(next->generation, 3u);
+  committer.stop();
 }
 
 std::string param_name(const ::testing::TestParamInfo<BarrierMode>& info) {
