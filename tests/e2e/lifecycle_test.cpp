@@ -13,6 +13,7 @@
 #include <fstream>
 #include <future>
 #include <map>
+#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -142,6 +143,84 @@ TEST_F(LifecycleTest, G4_SigtermFinishesInFlightPushes) {
     // may be newer.
     EXPECT_GE(action, last_acked[c]);
     EXPECT_LE(action, last_sent[c]);
+  }
+}
+
+// 200 SIGTERMs, each at a random moment while six clients push: every push gets an answer (an
+// ack, or UNAVAILABLE/CANCELLED once the daemon stops; never a hang to the deadline), every exit
+// is 0 within 5 s, and every acked push is in the kernel afterwards.
+TEST_F(LifecycleTest,
+       G4_TwoHundredSigtermsUnderPushLoadAnswerEveryPushAndExitZeroWithinFiveSeconds) {
+  constexpr uint32_t kClients = 6;
+  constexpr int kRounds = 200;
+  const uint32_t seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::vector<uint32_t> last_acked(kClients, 0);
+  for (int round = 0; round < kRounds; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    if (round > 0) {
+      ASSERT_TRUE(daemon().start().ok()) << daemon().log();
+    }
+    std::atomic<bool> stop{false};
+    std::atomic<uint32_t> acks{0};
+    std::vector<uint32_t> last_sent(kClients, 0);
+    std::vector<std::string> odd(kClients);
+    std::vector<std::thread> threads;
+    for (uint32_t c = 0; c < kClients; ++c) {
+      threads.emplace_back([&, c] {
+        auto stub = daemon().new_stub();
+        for (uint32_t action = last_acked[c] + 1; !stop.load(); ++action) {
+          grpc::ClientContext ctx;
+          set_deadline(ctx, std::chrono::seconds(10));
+          v1::PushGenerationResponse resp;
+          last_sent[c] = action;
+          grpc::Status st =
+              stub->PushGeneration(&ctx, acl_push(c, {{"10.0.0.0/8", action}}), &resp);
+          if (st.ok()) {
+            last_acked[c] = action;
+            acks.fetch_add(1);
+            continue;
+          }
+          if (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+              st.error_code() != grpc::StatusCode::CANCELLED) {
+            odd[c] = describe(st);
+          }
+          return;
+        }
+      });
+    }
+    const auto start = std::chrono::steady_clock::now();
+    while (acks.load() == 0 &&
+           std::chrono::steady_clock::now() - start < std::chrono::seconds(10)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::this_thread::sleep_for(
+        std::chrono::microseconds(std::uniform_int_distribution<int>(0, 100'000)(rng)));
+    daemon().signal(SIGTERM);
+    const auto signalled = std::chrono::steady_clock::now();
+    while (daemon().running() &&
+           std::chrono::steady_clock::now() - signalled < std::chrono::seconds(20)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    const auto took = std::chrono::steady_clock::now() - signalled;
+    stop.store(true);
+    for (auto& t : threads) t.join();
+    ASSERT_FALSE(daemon().running()) << "policyd still runs 20 s after SIGTERM";
+    ASSERT_EQ(daemon().exit_code().value_or(-1), 0);
+    ASSERT_LT(took, std::chrono::seconds(5))
+        << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms to exit";
+    for (uint32_t c = 0; c < kClients; ++c) {
+      ASSERT_TRUE(odd[c].empty()) << "client " << c << ": a push was answered with " << odd[c];
+      if (last_acked[c] == 0) continue;
+      std::optional<KernelSlot> ks = kernel_slot("acl", c);
+      ASSERT_TRUE(ks.has_value()) << "client " << c << ": its acked push is gone";
+      ASSERT_EQ(ks->entries.size(), 1u);
+      uint32_t action = 0;
+      std::memcpy(&action, ks->entries.begin()->second.data(), 4);
+      ASSERT_GE(action, last_acked[c]) << "client " << c << ": an acked push is not in";
+      ASSERT_LE(action, last_sent[c]) << "client " << c;
+    }
   }
 }
 
