@@ -435,6 +435,46 @@ TEST_F(IdentityTest, AReusedFdNumberNeverLendsAWritersRightsToAReadersCalls) {
   EXPECT_GT(push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "after")), 0u);
 }
 
+// Every RPC from a foreign uid, end to end: a reader's reads are answered with a message and
+// its writes with a status alone (refused), and nothing changes; a stranger gets no answer to
+// any (closed at accept).
+TEST_F(IdentityTest, EveryRpcFromAForeignUidIsJudgedByItsAccess) {
+  ASSERT_GT(push_ok(acl_push(0, {{"10.0.0.0/8", 1}}, "seed")), 0u);
+  v1::DumpSlotRequest dump;
+  dump.set_map("acl");
+  *dump.mutable_slot() = index_slot(0);
+  v1::PushGenerationRequest one = acl_push(1, {{"10.1.0.0/16", 2}}, "foreign");
+  const std::string rpc = "/policyd.v1.Policy/";
+  const std::vector<std::pair<std::string, std::string>> reads = {
+      {"GetState", unary_call_bytes(rpc + "GetState", v1::GetStateRequest())},
+      {"ListGenerations", unary_call_bytes(rpc + "ListGenerations", v1::ListGenerationsRequest())},
+      {"GetCounters", unary_call_bytes(rpc + "GetCounters", v1::GetCountersRequest())},
+      {"DumpSlot", unary_call_bytes(rpc + "DumpSlot", dump)},
+  };
+  const std::vector<std::pair<std::string, std::string>> writes = {
+      {"PushGeneration", unary_call_bytes(rpc + "PushGeneration", one)},
+      {"PushGenerationStream", unary_call_bytes(rpc + "PushGenerationStream", one)},
+      {"Rollback", unary_call_bytes(rpc + "Rollback", v1::RollbackRequest())},
+      {"ReloadConfig", unary_call_bytes(rpc + "ReloadConfig", v1::ReloadConfigRequest())},
+  };
+  const v1::GetStateResponse before = get_state();
+  // churn() waits for the answer of every second call: two calls give one answer.
+  for (const auto& [name, call] : reads) {
+    EXPECT_EQ(churn(socket_path(), kReader, 2, call).carried_out, 1u) << name << " from a reader";
+    EXPECT_EQ(churn(socket_path(), kStranger, 2, call).unanswered, 2u)
+        << name << " from a stranger";
+  }
+  for (const auto& [name, call] : writes) {
+    const ChurnCounts c = churn(socket_path(), kReader, 2, call);
+    EXPECT_EQ(c.refused, 1u) << name << " from a reader (carried out " << c.carried_out << ")";
+    EXPECT_EQ(churn(socket_path(), kStranger, 2, call).unanswered, 2u)
+        << name << " from a stranger";
+  }
+  const v1::GetStateResponse after = get_state();
+  EXPECT_EQ(after.generation(), before.generation()) << "a foreign uid's write changed the state";
+  EXPECT_EQ(after.generations_committed(), before.generations_committed());
+}
+
 // The control: the same hand-written calls from a uid that may write are carried out, so the
 // test above would see a reader's push that got through.
 class IdentityControlTest : public IdentityTest {
