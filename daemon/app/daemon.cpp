@@ -353,10 +353,14 @@ Result<Daemon::Impl::Front> Daemon::Impl::start_front(api::Access level,
   front.service = std::make_unique<api::PolicyService>(
       *committer, [self] { return self->current_config(); },
       std::make_shared<CappedAuthorizer>(authorizer, level),
-      [self]() -> Result<api::ReloadSummary> {
+      [self, level]() -> Result<api::ReloadSummary> {
         // ReloadConfig runs on a gRPC thread; reloads are serialised by the config mutex
-        // inside and touch only thread-safe pieces.
-        return self->notified_reload();
+        // inside and touch only thread-safe pieces. The calling service tells its own watchers;
+        // the other front's watchers hear it here.
+        Result<api::ReloadSummary> r = self->notified_reload();
+        Front& other = level == api::Access::kWrite ? self->readers : self->writers;
+        if (r.ok() && other.service) other.service->publish_reloaded(*r);
+        return r;
       },
       metrics, watch_quota);
   grpc::ServerBuilder builder;

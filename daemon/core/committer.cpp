@@ -381,6 +381,7 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
     // G4: no grace period is known to have passed since the atomic-group flip: no ack, and what
     // the batch replaced is not drained until a later commit has waited (the engine holds it).
     Error e = *report->barrier_failed;
+    e.code = ErrorCode::kInternal;  // whatever the errno: the generation is live, not refused
     e.context = "generation " + std::to_string(report->last_generation) +
                 " is live but not acknowledged: " + e.context +
                 "; the maps it replaced are drained after the next successful commit";

@@ -657,9 +657,11 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
   }
 
   // The kernel now holds the plan: record it and queue what left the data plane for drain.
-  // A commit that waited successfully also settles what an earlier failed barrier held back.
+  // A commit that waited (a write round or a barrier) successfully also settles what an earlier
+  // failed barrier held back; one that wrote nothing waited for nothing.
   std::vector<PendingDrain>& leaving = report.barrier_failed ? unsettled_ : pending_;
-  if (!report.barrier_failed && !unsettled_.empty()) {
+  const bool waited = writer_->stats().rounds + writer_->stats().barriers > rounds_before;
+  if (!report.barrier_failed && waited && !unsettled_.empty()) {
     pending_.insert(pending_.end(), unsettled_.begin(), unsettled_.end());
     unsettled_.clear();
   }

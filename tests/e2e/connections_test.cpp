@@ -176,7 +176,7 @@ Answer read_answer(int fd) {
     if (len > 0 && !read_exactly(fd, payload.data(), len)) return Answer::kNone;
     if (h[3] == kGoaway || (h[3] == kRstStream && stream == 1)) return Answer::kNone;
     if (stream != 1) continue;
-    if (h[3] == kData && len > 5) message = true;
+    if (h[3] == kData && len >= 5) message = true;  // an empty message is 5 bytes
     if (h[3] == kHeaders && (h[4] & kEndStream)) {
       return message ? Answer::kMessage : Answer::kStatusOnly;
     }
