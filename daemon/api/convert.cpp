@@ -390,15 +390,7 @@ void to_dump(const core::DrainRecord& record, const core::OuterMapConfig& map,
   }
 }
 
-void add_drained(const std::map<core::CounterKey, uint64_t>& drained, const std::string& only,
-                 CounterTable& table) {
-  for (const auto& [key, total] : drained) {
-    if (!only.empty() && key.map != only) continue;
-    table[{key.map, key.slot}].drained[key.field] += total;
-  }
-}
-
-void to_counters(const CounterTable& table, const core::MapConfigs& maps,
+void to_counters(const core::CounterTable& table, const core::MapConfigs& maps,
                  v1::GetCountersResponse* out) {
   for (const auto& [where, counters] : table) {
     auto it = maps.find(where.first);

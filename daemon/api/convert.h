@@ -14,6 +14,7 @@
 #include "core/committer.h"
 #include "core/engine.h"
 #include "core/model.h"
+#include "core/reads.h"
 #include "policyd/v1/policyd.pb.h"
 #include "util/result.h"
 
@@ -102,20 +103,9 @@ void to_list_generations(const core::CommitterView& view, v1::ListGenerationsRes
 void to_dump(const core::DrainRecord& record, const core::OuterMapConfig& map,
              const config::MapSchema* schema, v1::DumpSlotResponse* out);
 
-// Counter totals of one slot: what was drained from its replaced inner maps (cumulative) and
-// what its live inner map holds now.
-struct SlotCounters {
-  std::map<std::string, uint64_t> drained;
-  std::map<std::string, uint64_t> live;
-};
-using CounterTable = std::map<std::pair<std::string, core::Bytes>, SlotCounters>;
-
-// Adds the drained totals of `maps` (all of them when `only` is empty) to `table`.
-void add_drained(const std::map<core::CounterKey, uint64_t>& drained, const std::string& only,
-                 CounterTable& table);
 // One CounterValue per counter field of every (map, slot) in `table`, in map, slot and field
 // declaration order; slots of maps not in `maps` are skipped.
-void to_counters(const CounterTable& table, const core::MapConfigs& maps,
+void to_counters(const core::CounterTable& table, const core::MapConfigs& maps,
                  v1::GetCountersResponse* out);
 
 [[nodiscard]] v1::Event to_event(const core::CommittedEvent& event, int64_t unix_ms);

@@ -23,10 +23,6 @@
 namespace policyd::api {
 namespace {
 
-grpc::Status unavailable() {
-  return to_grpc_status(Error{ErrorCode::kUnavailable, 0, "policyd is shutting down"});
-}
-
 grpc::Status not_found(std::string context) {
   return to_grpc_status(Error{ErrorCode::kNotFound, 0, std::move(context)});
 }
@@ -49,47 +45,32 @@ const core::OuterMapConfig* find_map(const config::DaemonConfig& config, const s
   return nullptr;
 }
 
-// Runs on the committer thread. Maps in configuration order, then any the engine still holds
-// that the configuration no longer lists (kept by a reload).
-Result<v1::GetStateResponse> read_state(const core::Engine& engine, const core::CommitterView& view,
+// On a reader thread. Maps in configuration order, then any the engine still holds that the
+// configuration no longer lists (kept by a reload).
+Result<v1::GetStateResponse> read_state(const core::Committer& committer,
                                         const config::DaemonConfig& config) {
+  POLICYD_ASSIGN_OR_RETURN(std::vector<core::MapSnapshot> maps, committer.map_snapshots());
   v1::GetStateResponse out;
-  to_state_header(view, &out);
-  std::vector<const core::OuterMapConfig*> order;
+  to_state_header(*committer.view(), &out);
+  std::vector<const core::MapSnapshot*> order;
   for (const core::OuterMapConfig& m : config.engine.maps) {
-    auto it = engine.maps().find(m.name);
-    if (it != engine.maps().end()) order.push_back(&it->second);
+    for (const core::MapSnapshot& s : maps) {
+      if (s.config.name == m.name) order.push_back(&s);
+    }
   }
-  for (const auto& [name, m] : engine.maps()) {
-    if (!find_map(config, name)) order.push_back(&m);
+  for (const core::MapSnapshot& s : maps) {
+    if (!find_map(config, s.config.name)) order.push_back(&s);
   }
-  for (const core::OuterMapConfig* m : order) {
-    POLICYD_ASSIGN_OR_RETURN(std::vector<core::SlotInfo> live, engine.slots(m->name));
-    const std::string pin =
-        m->group.empty() ? engine.pins().outer(m->name) : engine.pins().member(m->name, 0);
-    to_map_state(*m, find_schema(config, m->name), pin, live, out.add_maps());
+  for (const core::MapSnapshot* m : order) {
+    to_map_state(m->config, find_schema(config, m->config.name), m->pin, m->live, out.add_maps());
   }
   return out;
 }
 
-// Runs on the committer thread.
-Result<v1::GetCountersResponse> read_counters(const core::Engine& engine, const std::string& only) {
-  if (!only.empty() && !engine.maps().count(only)) {
-    return Error{ErrorCode::kNotFound, 0, "unknown map \"" + only + "\""};
-  }
-  CounterTable table;
-  add_drained(engine.drained_totals(), only, table);
-  for (const auto& [name, m] : engine.maps()) {
-    if ((!only.empty() && name != only) || m.inner.counters.empty()) continue;
-    POLICYD_ASSIGN_OR_RETURN(std::vector<core::SlotInfo> live, engine.slots(name));
-    for (const core::SlotInfo& s : live) {
-      POLICYD_ASSIGN_OR_RETURN(auto totals, engine.live_counters(name, s.slot));
-      table[{name, s.slot}].live = std::move(totals);
-    }
-  }
-  v1::GetCountersResponse out;
-  to_counters(table, engine.maps(), &out);
-  return out;
+grpc::Status too_many_reads(size_t limit) {
+  return to_grpc_status(
+      Error{ErrorCode::kResourceExhausted, 0,
+            std::to_string(limit) + " reads of live state are waiting already; retry later"});
 }
 
 }  // namespace
@@ -380,51 +361,9 @@ class PolicyService::PushStream final : public grpc::ServerReadReactor<v1::PushG
 
 // ---- reloads -------------------------------------------------------------------------------
 
-// Reload hooks block (file I/O, waits for the committer): they run here, one at a time, never
-// on a gRPC thread. Jobs queued when the service goes away still run, so their RPCs finish.
-class PolicyService::ReloadThread {
- public:
-  ReloadThread() : thread_([this] { loop(); }) {}
-  ~ReloadThread() {
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  ReloadThread(const ReloadThread&) = delete;
-  ReloadThread& operator=(const ReloadThread&) = delete;
-
-  void run(std::function<void()> job) {
-    {
-      std::lock_guard lock(mu_);
-      jobs_.push_back(std::move(job));
-    }
-    cv_.notify_all();
-  }
-
- private:
-  void loop() {
-    for (;;) {
-      std::function<void()> job;
-      {
-        std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
-        if (jobs_.empty()) return;
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
-      }
-      job();
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  bool stopping_ = false;
-  std::thread thread_;  // last: starts after the members it uses
-};
+// Reload hooks block (file I/O, waits for the committer): they run on the service's reload
+// queue, one at a time, never on a gRPC thread. Jobs queued when the service goes away still
+// run, so their RPCs finish.
 
 // ---- the service ---------------------------------------------------------------------------
 
@@ -439,15 +378,21 @@ PolicyService::PolicyService(core::Committer& committer, ConfigSource config,
       observer_(std::move(observer)),
       watch_quota_(std::move(watch_quota)),
       hub_(std::make_shared<EventHub>(config_)),
-      reload_thread_(std::make_unique<ReloadThread>()),
+      reloads_(std::make_unique<util::JobQueue>(1, 0)),
+      readers_(std::make_unique<util::JobQueue>(kReadThreads, kMaxWaitingReads)),
       refusals_(std::make_unique<util::LogThrottle>()) {
   committer_.add_listener(hub_);
 }
 
 PolicyService::~PolicyService() {
-  reload_thread_.reset();  // finishes queued reloads, which publish through the hub
+  readers_.reset();  // finishes queued reads
+  reloads_.reset();  // finishes queued reloads, which publish through the hub
   committer_.remove_listener(hub_.get());
   hub_->close();
+}
+
+void PolicyService::read(std::function<void()> job, grpc::ServerUnaryReactor* reactor) {
+  if (!readers_->try_run(std::move(job))) reactor->Finish(too_many_reads(readers_->max_waiting()));
 }
 
 void PolicyService::publish_reloaded(const ReloadSummary& summary) {
@@ -513,21 +458,17 @@ grpc::ServerUnaryReactor* PolicyService::GetState(grpc::CallbackServerContext* c
     reactor->Finish(st);
     return reactor;
   }
-  committer_.post(
-      [reactor, response, config = config_(), &committer = committer_](core::Engine* engine) {
-        if (!engine) {
-          reactor->Finish(unavailable());
-          return;
-        }
-        // Posts run between commits: the view matches the engine's slots.
-        Result<v1::GetStateResponse> state = read_state(*engine, *committer.view(), *config);
+  read(
+      [reactor, response, config = config_(), &committer = committer_] {
+        Result<v1::GetStateResponse> state = read_state(committer, *config);
         if (!state.ok()) {
           reactor->Finish(to_grpc_status(state.error()));
           return;
         }
         *response = std::move(state).value();
         reactor->Finish(grpc::Status::OK);
-      });
+      },
+      reactor);
   return reactor;
 }
 
@@ -578,19 +519,17 @@ grpc::ServerUnaryReactor* PolicyService::GetCounters(grpc::CallbackServerContext
     reactor->Finish(st);
     return reactor;
   }
-  committer_.post([reactor, response, only = request->map()](core::Engine* engine) {
-    if (!engine) {
-      reactor->Finish(unavailable());
-      return;
-    }
-    Result<v1::GetCountersResponse> counters = read_counters(*engine, only);
-    if (!counters.ok()) {
-      reactor->Finish(to_grpc_status(counters.error()));
-      return;
-    }
-    *response = std::move(counters).value();
-    reactor->Finish(grpc::Status::OK);
-  });
+  read(
+      [reactor, response, only = request->map(), &committer = committer_] {
+        Result<core::CounterReading> counters = committer.read_counters(only);
+        if (!counters.ok()) {
+          reactor->Finish(to_grpc_status(counters.error()));
+          return;
+        }
+        to_counters(counters->table, counters->maps, response);
+        reactor->Finish(grpc::Status::OK);
+      },
+      reactor);
   return reactor;
 }
 
@@ -614,20 +553,18 @@ grpc::ServerUnaryReactor* PolicyService::DumpSlot(grpc::CallbackServerContext* c
     reactor->Finish(to_grpc_status(slot.error()));
     return reactor;
   }
-  committer_.post([reactor, response, config, map, schema,
-                   slot = std::move(slot).value()](core::Engine* engine) {
-    if (!engine) {
-      reactor->Finish(unavailable());
-      return;
-    }
-    Result<core::DrainRecord> dump = engine->dump_slot(map->name, slot);
-    if (!dump.ok()) {
-      reactor->Finish(to_grpc_status(dump.error()));
-      return;
-    }
-    to_dump(*dump, *map, schema, response);
-    reactor->Finish(grpc::Status::OK);
-  });
+  read(
+      [reactor, response, config, map, schema, slot = std::move(slot).value(),
+       &committer = committer_] {
+        Result<core::DrainRecord> dump = committer.read_slot(map->name, slot);
+        if (!dump.ok()) {
+          reactor->Finish(to_grpc_status(dump.error()));
+          return;
+        }
+        to_dump(*dump, *map, schema, response);
+        reactor->Finish(grpc::Status::OK);
+      },
+      reactor);
   return reactor;
 }
 
@@ -639,7 +576,7 @@ grpc::ServerUnaryReactor* PolicyService::ReloadConfig(grpc::CallbackServerContex
     reactor->Finish(st);
     return reactor;
   }
-  reload_thread_->run([this, reactor, response] {
+  const bool queued = reloads_->try_run([this, reactor, response] {
     Result<ReloadSummary> summary =
         reload_ ? reload_()
                 : Result<ReloadSummary>(failed_precondition("this server cannot reload"));
@@ -651,6 +588,10 @@ grpc::ServerUnaryReactor* PolicyService::ReloadConfig(grpc::CallbackServerContex
     publish_reloaded(*summary);
     reactor->Finish(grpc::Status::OK);
   });
+  if (!queued) {
+    reactor->Finish(to_grpc_status(
+        Error{ErrorCode::kResourceExhausted, 0, "no thread could be started for the reload"}));
+  }
   return reactor;
 }
 

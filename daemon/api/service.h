@@ -1,7 +1,8 @@
 // PolicyService: the policyd.v1.Policy gRPC service (callback API). Handlers never block on the
 // kernel: pushes and rollbacks go to the committer and finish from its callback; reads of live
-// kernel state (GetState, GetCounters, DumpSlot) run as committer posts; history reads use the
-// committer's view; reloads run on the service's own thread.
+// kernel state (GetState, GetCounters, DumpSlot) run on the service's reader threads, beside
+// the committer (Committer::read_counters and the like), so reads never delay writes; history
+// reads use the committer's view; reloads run on the service's own thread.
 // Includes grpcpp: only the app and tests include this header.
 #pragma once
 
@@ -15,12 +16,17 @@
 #include "config/config.h"
 #include "core/committer.h"
 #include "policyd/v1/policyd.grpc.pb.h"
+#include "util/job_queue.h"
 #include "util/log_throttle.h"
 
 namespace policyd::api {
 
 // A watcher further behind than this many events is dropped with RESOURCE_EXHAUSTED.
 inline constexpr size_t kMaxWatchLag = 10000;
+// Threads that read live kernel state for GetState, GetCounters and DumpSlot, and how many
+// such reads may wait for one; the next is refused with RESOURCE_EXHAUSTED.
+inline constexpr size_t kReadThreads = 2;
+inline constexpr size_t kMaxWaitingReads = 256;
 
 class PolicyService final : public v1::Policy::CallbackService {
  public:
@@ -77,11 +83,13 @@ class PolicyService final : public v1::Policy::CallbackService {
   class EventHub;
   class Watcher;
   class PushStream;
-  class ReloadThread;
 
   // OK when the caller has `need`; else PERMISSION_DENIED naming the RPC.
   grpc::Status authorize(const grpc::CallbackServerContext& ctx, Access need,
                          const char* rpc) const;
+  // Runs `job` on a reader thread, or finishes `reactor` with RESOURCE_EXHAUSTED when
+  // kMaxWaitingReads are waiting.
+  void read(std::function<void()> job, grpc::ServerUnaryReactor* reactor);
 
   core::Committer& committer_;
   ConfigSource config_;
@@ -90,7 +98,8 @@ class PolicyService final : public v1::Policy::CallbackService {
   std::shared_ptr<ApiObserver> observer_;    // may be null
   std::shared_ptr<WatchQuota> watch_quota_;  // may be null: unbounded
   std::shared_ptr<EventHub> hub_;
-  std::unique_ptr<ReloadThread> reload_thread_;
+  std::unique_ptr<util::JobQueue> reloads_;      // one thread
+  std::unique_ptr<util::JobQueue> readers_;      // kReadThreads
   std::unique_ptr<util::LogThrottle> refusals_;  // of calls, by RPC and the caller's access
 };
 

@@ -832,6 +832,26 @@ std::shared_ptr<const CommitterView> Committer::view() const {
   return impl_->view;
 }
 
+bool Committer::Impl::stopped() const {
+  std::lock_guard lock(mu);
+  return stopping;
+}
+
+Result<std::vector<MapSnapshot>> Committer::map_snapshots() const {
+  if (impl_->stopped()) return unavailable();
+  return impl_->engine->map_snapshots();
+}
+
+Result<CounterReading> Committer::read_counters(const std::string& only) const {
+  if (impl_->stopped()) return unavailable();
+  return core::read_counters(*impl_->engine, only);
+}
+
+Result<DrainRecord> Committer::read_slot(const std::string& map, const Bytes& slot) const {
+  if (impl_->stopped()) return unavailable();
+  return core::read_slot(*impl_->engine, map, slot);
+}
+
 void Committer::add_listener(std::shared_ptr<EventListener> listener) {
   std::lock_guard lock(impl_->mu);
   impl_->listeners.push_back(std::move(listener));

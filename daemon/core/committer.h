@@ -22,6 +22,7 @@
 #include "core/engine.h"
 #include "core/history.h"
 #include "core/model.h"
+#include "core/reads.h"
 #include "core/request_ledger.h"
 #include "core/state_store.h"
 #include "util/result.h"
@@ -95,8 +96,8 @@ class Committer {
   // generation. kNotFound when it left the bounded history.
   void rollback(uint64_t generation, uint64_t expected_generation, std::string request_id,
                 PushCallback done);
-  // Runs `fn` on the committer thread between commits (engine reads: counters, dumps, slots).
-  // After stop(), runs it with a null engine.
+  // Runs `fn` on the committer thread between commits. After stop(), runs it with a null
+  // engine.
   void post(std::function<void(Engine*)> fn);
 
   // Creates the outer maps a reloaded configuration adds. Blocks until the committer has done
@@ -109,6 +110,13 @@ class Committer {
   void set_history(uint32_t history);
 
   [[nodiscard]] std::shared_ptr<const CommitterView> view() const;
+
+  // Reads of live kernel state from any thread, beside the committer: never queued behind a
+  // commit, and a commit never waits for one beyond a snapshot's copy (core/reads.h).
+  // kUnavailable once stopped.
+  [[nodiscard]] Result<std::vector<MapSnapshot>> map_snapshots() const;
+  [[nodiscard]] Result<CounterReading> read_counters(const std::string& only) const;
+  [[nodiscard]] Result<DrainRecord> read_slot(const std::string& map, const Bytes& slot) const;
   void add_listener(std::shared_ptr<EventListener> listener);
   void remove_listener(const EventListener* listener);
 

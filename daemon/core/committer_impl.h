@@ -61,7 +61,7 @@ struct Committer::Impl {
   CommitterOptions options;
   RequestLedger ledger;
 
-  std::mutex mu;
+  mutable std::mutex mu;
   std::condition_variable cv;
   std::shared_mutex maps_mu;  // shared: the builder's build(); exclusive: add_maps()
   bool stopping = false;
@@ -96,6 +96,7 @@ struct Committer::Impl {
         history(o.history) {}
 
   // committer.cpp: pipeline, commit, rollback, events.
+  [[nodiscard]] bool stopped() const;  // stop() has begun: new work is refused
   void enqueue(ItemPtr item);
   void finish(const ItemPtr& item, Result<PushResult> result);
   void builder_loop();

@@ -114,10 +114,6 @@ Status check_on_bpffs(const std::string& pin_dir) {
       "order the unit after it with RequiresMountsFor=/sys/fs/bpf");
 }
 
-std::string describe(const OuterMapConfig& map, const Bytes& slot) {
-  return "map \"" + map.name + "\" slot " + slot_to_string(map.kind, slot);
-}
-
 // Applies the writes marked `first` in one round, then (if they all succeeded) the others in a
 // second round; results in input order. A hash outer map holds at most max_entries slots and
 // the calls of one round reach the kernel in any order, so deletes that make room for new keys
@@ -224,6 +220,7 @@ Status Engine::add_maps(const std::vector<OuterMapConfig>& maps) {
       if (::access(path.c_str(), F_OK) == 0) pinned_before.insert(path);
     }
   }
+  std::lock_guard lock(read_mu_);
   std::vector<std::string> added;
   for (const OuterMapConfig& m : maps) {
     added.push_back(m.name);
@@ -314,6 +311,7 @@ Status Engine::remove_maps(const std::vector<std::string>& maps) {
       }
     }
   }
+  std::lock_guard lock(read_mu_);
   for (const std::string& name : maps) {
     Outer& o = *outers_.at(name);
     if (o.group) {
@@ -527,6 +525,7 @@ Status Engine::undo(Plan& plan, const RoundResult& round) {
     if (!round.applied[i]) continue;
     Plan::Record& r = plan.records[i];
     if (r.outer->group) {
+      std::lock_guard lock(read_mu_);
       set_slot(r.outer->slots[r.bank], r.slot, r.next);
       continue;
     }
@@ -540,6 +539,7 @@ Status Engine::undo(Plan& plan, const RoundResult& round) {
   std::vector<bool> deletes(inverse.size());
   for (size_t k = 0; k < inverse.size(); ++k) deletes[k] = inverse[k].inner_fd < 0;
   RoundResult undone = apply_phased(*writer_, inverse, deletes);
+  std::lock_guard lock(read_mu_);
   for (size_t k = 0; k < inverse.size(); ++k) {
     Plan::Record& r = plan.records[inverse_of[k]];
     if (undone.applied[k]) {
@@ -659,6 +659,7 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
   // The kernel now holds the plan: record it and queue what left the data plane for drain.
   // A commit that waited (a write round or a barrier) successfully also settles what an earlier
   // failed barrier held back; one that wrote nothing waited for nothing.
+  std::lock_guard lock(read_mu_);
   std::vector<PendingDrain>& leaving = report.barrier_failed ? unsettled_ : pending_;
   const bool waited = writer_->stats().rounds + writer_->stats().barriers > rounds_before;
   if (!report.barrier_failed && waited && !unsettled_.empty()) {
@@ -817,6 +818,7 @@ Status Engine::recover_drain_pins(const std::set<uint32_t>& counted) {
     inner->slot = std::move(slot).value();
     inner->installed_by = parsed->installed_by;
     inner->drain_pin = path;
+    std::lock_guard lock(read_mu_);
     pending_.push_back({std::move(inner), 0});
     ++recovered;
   }
@@ -847,6 +849,8 @@ Result<std::vector<DrainRecord>> Engine::drain() {
       failed = std::move(rec).error();  // stays pending; retried next time
       break;
     }
+    // Its totals and the end of its fd together: a snapshot sees it drained or pending.
+    std::lock_guard lock(read_mu_);
     for (auto& [field, total] : rec->counters) {
       drained_totals_[CounterKey{cfg.name, p.inner->slot, field}] += total;
     }
@@ -858,7 +862,10 @@ Result<std::vector<DrainRecord>> Engine::drain() {
     // that bank; the kernel frees it then. policyd is done with it now.
     p.inner->fd.reset();
   }
-  pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
+  {
+    std::lock_guard lock(read_mu_);
+    pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
+  }
   if (failed) return *std::move(failed);
   return records;
 }
@@ -912,6 +919,63 @@ Result<DrainRecord> Engine::dump_slot(const std::string& map, const Bytes& slot)
     return Error{ErrorCode::kNotFound, 0, describe(*o->config, slot) + " is empty"};
   }
   return read_inner(*inner, *o->config);
+}
+
+std::vector<MapSnapshot> Engine::map_snapshots() const {
+  std::lock_guard lock(read_mu_);
+  std::vector<MapSnapshot> out;
+  out.reserve(outers_.size());
+  for (const auto& [name, o] : outers_) {
+    MapSnapshot& m = out.emplace_back();
+    m.config = *o->config;
+    m.pin = o->group ? pins_.member(name, 0) : pins_.outer(name);
+    m.live.reserve(o->slots[o->active()].size());
+    for (const auto& [slot, inner] : o->slots[o->active()]) {
+      m.live.push_back({slot, inner->id, inner->installed_by});
+    }
+  }
+  return out;
+}
+
+Result<CounterSnapshot> Engine::counter_snapshot(const std::string& only) const {
+  std::lock_guard lock(read_mu_);
+  if (!only.empty()) POLICYD_TRY(find(only));
+  auto wanted = [&](const std::string& map) {
+    return (only.empty() || map == only) && !configs_.at(map).inner.counters.empty();
+  };
+  CounterSnapshot out;
+  for (const auto& [key, total] : drained_totals_) {
+    if (configs_.count(key.map) && wanted(key.map))
+      out.drained.emplace_hint(out.drained.end(), key, total);
+  }
+  for (const auto& [name, o] : outers_) {
+    if (!wanted(name)) continue;
+    out.maps.emplace(name, *o->config);
+    for (const auto& [slot, inner] : o->slots[o->active()]) {
+      out.sources.push_back({name, slot, inner->id, true});
+    }
+  }
+  // Replaced maps not drained yet (drain() closes a map's fd as it adds its totals).
+  for (const auto* list : {&pending_, &unsettled_}) {
+    for (const PendingDrain& p : *list) {
+      if (p.inner->fd.valid() && out.maps.count(p.inner->map)) {
+        out.sources.push_back({p.inner->map, p.inner->slot, p.inner->id, false});
+      }
+    }
+  }
+  return out;
+}
+
+Result<SlotSnapshot> Engine::slot_snapshot(const std::string& map, const Bytes& slot) const {
+  std::lock_guard lock(read_mu_);
+  POLICYD_ASSIGN_OR_RETURN(const Outer* o, find(map));
+  SlotSnapshot out;
+  out.config = *o->config;
+  if (InnerRef inner = find_slot(o->slots[o->active()], slot)) {
+    out.id = inner->id;
+    out.installed_by = inner->installed_by;
+  }
+  return out;
 }
 
 std::vector<uint32_t> Engine::owned_map_ids() const {

@@ -6,7 +6,10 @@
 //
 // Threading: validate() and build() are thread-safe and may run concurrently with the
 // committer. Every other non-const call belongs to the single committer thread; const queries
-// must also run on it (they read committer state).
+// must also run on it (they read committer state), except the snapshots (map_snapshots(),
+// counter_snapshot(), slot_snapshot()), which any thread may take at any time: the committer
+// holds the engine's read lock only while it updates its bookkeeping, never across a kernel
+// call that waits, and a snapshot holds it only to copy what a reader needs.
 #pragma once
 
 #include <atomic>
@@ -14,6 +17,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -57,6 +61,36 @@ struct CounterKey {
   Bytes slot;
   std::string field;
   auto operator<=>(const CounterKey&) const = default;
+};
+
+// One outer map as a reader sees it at one instant (Engine::map_snapshots).
+struct MapSnapshot {
+  OuterMapConfig config;
+  std::string pin;             // the map's pin (an atomic-group member: its bank a)
+  std::vector<SlotInfo> live;  // the data plane's view (a group member: the active bank)
+};
+
+// An inner map whose counts are not in CounterSnapshot::drained yet.
+struct CounterSource {
+  std::string map;
+  Bytes slot;
+  uint32_t id = 0;
+  bool live = false;  // false: replaced, its drain has not read it yet
+};
+// What a counter read needs, taken at one instant (G5): every inner map that ever held counts
+// for the maps read is either summed in `drained` or listed in `sources`, never both. Reading
+// a source later than the snapshot only finds more of its counts, never another map's.
+struct CounterSnapshot {
+  std::map<CounterKey, uint64_t> drained;
+  std::vector<CounterSource> sources;
+  MapConfigs maps;  // the maps read
+};
+
+// One slot at one instant (Engine::slot_snapshot).
+struct SlotSnapshot {
+  OuterMapConfig config;
+  uint32_t id = 0;  // the live inner map; 0: the slot is empty
+  uint64_t installed_by = 0;
 };
 
 struct EngineStats {
@@ -116,6 +150,7 @@ class Engine {
   // The generation the pinned maps hold, as the durable record says.
   void set_generation(uint64_t id) { current_ = id; }
   void restore_drained_totals(std::map<CounterKey, uint64_t> totals) {
+    std::lock_guard lock(read_mu_);
     drained_totals_ = std::move(totals);
   }
   // Takes up the maps a previous run left under the drain directory: pins of maps already in
@@ -147,6 +182,15 @@ class Engine {
   [[nodiscard]] const std::map<CounterKey, uint64_t>& drained_totals() const {
     return drained_totals_;
   }
+  // ---- snapshots for readers on any thread ---------------------------------------------------
+  // Every map, in name order.
+  [[nodiscard]] std::vector<MapSnapshot> map_snapshots() const;
+  // The counters of `only` (every map with counter fields when empty); kNotFound for an
+  // unknown map.
+  [[nodiscard]] Result<CounterSnapshot> counter_snapshot(const std::string& only) const;
+  // kNotFound for an unknown map.
+  [[nodiscard]] Result<SlotSnapshot> slot_snapshot(const std::string& map, const Bytes& slot) const;
+
   // Ids of every BPF map policyd holds open: outer maps, bank words, live and pending inner
   // maps, the barrier map, pooled inner maps. Tests compare it with the kernel's list to find
   // leaks.
@@ -186,6 +230,9 @@ class Engine {
 
   EngineConfig config_;
   kernel::KernelFacts facts_;
+  // Held by the committer thread while it changes what snapshots read (maps, slots, the
+  // active bank, pending drains, drained totals), and by a snapshot while it copies them.
+  mutable std::mutex read_mu_;
   PinPaths pins_;
   kernel::UniqueFd pin_dir_lock_;  // flock on pin_dir: one engine (daemon) per pin_dir
   MapConfigs configs_;

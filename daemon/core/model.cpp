@@ -45,4 +45,8 @@ std::string slot_to_string(OuterKind kind, const Bytes& slot) {
   return "0x" + util::to_hex(slot);
 }
 
+std::string describe(const OuterMapConfig& map, const Bytes& slot) {
+  return "map \"" + map.name + "\" slot " + slot_to_string(map.kind, slot);
+}
+
 }  // namespace policyd::core

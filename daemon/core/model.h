@@ -112,6 +112,8 @@ struct DrainRecord {
 
 // Human form of a slot key: the index for arrays, hex for hash keys.
 std::string slot_to_string(OuterKind kind, const Bytes& slot);
+// `map "<name>" slot <slot>`, for messages.
+std::string describe(const OuterMapConfig& map, const Bytes& slot);
 Bytes array_slot(uint32_t index);
 
 }  // namespace policyd::core

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstring>
+#include <filesystem>
 
 #include "kernel/map.h"
 #include "support/bpffs.h"
@@ -39,9 +40,38 @@ Summary summarize(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   s.mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
   s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-  const auto rank = static_cast<size_t>(std::ceil(0.9 * static_cast<double>(v.size())));
-  s.p90 = v[std::max<size_t>(rank, 1) - 1];
+  auto nearest_rank = [&](double q) {
+    const auto rank = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
+    return v[std::max<size_t>(rank, 1) - 1];
+  };
+  s.p90 = nearest_rank(0.9);
+  s.p99 = nearest_rank(0.99);
   return s;
+}
+
+BenchDirs::BenchDirs(const char* tool, const std::string& name) {
+  Result<test::PrivateBpffs> fs = test::PrivateBpffs::create();
+  if (!fs.ok()) {
+    if (fs.error().sys_errno == EPERM && !test::privileged_required()) {
+      std::printf("SKIP: cannot mount a private bpffs (%s)\n", fs.error().message().c_str());
+      std::exit(kExitSkip);
+    }
+    std::fprintf(stderr, "%s: private bpffs: %s\n", tool, fs.error().message().c_str());
+    std::exit(1);
+  }
+  bpffs_.emplace(std::move(fs).value());
+  std::string tmpl =
+      (std::filesystem::temp_directory_path() / ("policyd-" + name + "-XXXXXX")).string();
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    std::fprintf(stderr, "%s: mkdtemp: %s\n", tool, std::strerror(errno));
+    std::exit(1);
+  }
+  work_ = tmpl;
+}
+
+BenchDirs::~BenchDirs() {
+  std::error_code ec;
+  std::filesystem::remove_all(work_, ec);
 }
 
 const char* verdict(bool ok) { return ok ? "PASS" : "MISS"; }

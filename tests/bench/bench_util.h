@@ -3,8 +3,11 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "support/bpffs.h"
 
 #include "util/clock.h"
 #include "util/result.h"
@@ -18,6 +21,7 @@ struct Summary {
   double mean = 0;
   double median = 0;
   double p90 = 0;  // nearest rank
+  double p99 = 0;  // nearest rank: meaningful from about 100 samples
 };
 
 [[nodiscard]] Summary summarize(std::vector<double> v);
@@ -33,6 +37,24 @@ void progress(const std::string& msg);
 // Exits 77 when the bpf syscall is not permitted (unless POLICYD_REQUIRE_PRIVILEGED=1), 1 on
 // another bpf error; `tool` names the binary in messages.
 void require_bpf(const char* tool);
+
+// A private bpffs and an empty temp directory ("policyd-<name>-XXXXXX") for a bench that runs
+// policyd; the directory is removed with everything in it when this goes. When the bpffs cannot
+// be mounted it exits 77 (EPERM, unless privileged runs are required) or 1; mkdtemp failing
+// exits 1.
+class BenchDirs {
+ public:
+  BenchDirs(const char* tool, const std::string& name);
+  ~BenchDirs();
+  BenchDirs(const BenchDirs&) = delete;
+  BenchDirs& operator=(const BenchDirs&) = delete;
+  [[nodiscard]] test::PrivateBpffs& bpffs() { return *bpffs_; }
+  [[nodiscard]] const std::string& work() const { return work_; }
+
+ private:
+  std::optional<test::PrivateBpffs> bpffs_;
+  std::string work_;
+};
 
 // Sets /sys/kernel/rcu_expedited to 1 for the rest of the run: outer-map update waits then
 // take about 70 us, as on Linux 6.19. The previous value is written back at every exit policyd's

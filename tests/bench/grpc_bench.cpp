@@ -445,18 +445,8 @@ int run(int argc, char** argv) {
         "for the fast-kernel path)\n",
         read_rcu_expedited());
   }
-  Result<test::PrivateBpffs> bpffs = test::PrivateBpffs::create();
-  if (!bpffs.ok()) {
-    if (bpffs.error().sys_errno == EPERM && !test::privileged_required()) {
-      std::printf("SKIP: cannot mount a private bpffs (%s)\n", bpffs.error().message().c_str());
-      return kExitSkip;
-    }
-    die("private bpffs: " + bpffs.error().message());
-  }
-  std::string tmpl =
-      (std::filesystem::temp_directory_path() / "policyd-grpc-bench-XXXXXX").string();
-  if (::mkdtemp(tmpl.data()) == nullptr) die(std::string("mkdtemp: ") + std::strerror(errno));
-  const std::string work = tmpl;
+  BenchDirs dirs("policyd_grpc_bench", "grpc-bench");
+  const std::string& work = dirs.work();
 
   e2e::DaemonOptions dopt;
   dopt.maps_yaml = bench_maps_yaml();
@@ -466,7 +456,7 @@ int run(int argc, char** argv) {
   dopt.max_entries_per_push = 1 << 20;
   int exit_code = 0;
   {
-    e2e::DaemonProcess daemon(work, bpffs->join("pd"), dopt);
+    e2e::DaemonProcess daemon(work, dirs.bpffs().join("pd"), dopt);
     progress("starting policyd");
     if (Status st = daemon.start(); !st.ok()) die("start policyd: " + st.error().message());
     auto stub = daemon.new_stub();
@@ -549,8 +539,6 @@ int run(int argc, char** argv) {
       exit_code = 1;
     }
   }
-  std::error_code ec;
-  std::filesystem::remove_all(work, ec);
   return exit_code;
 }
 

@@ -12,10 +12,12 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "api/auth.h"
 #include "api/service.h"
@@ -571,6 +573,52 @@ TEST_F(ApiServiceTest, G6_LaggingWatcherIsDropped) {
   // Others are unaffected.
   v1::GetStateResponse state;
   EXPECT_TRUE(stub_->GetState(ctx().get(), {}, &state).ok());
+}
+
+// Reads of live kernel state do not queue on the committer thread: with that thread held by
+// a job that blocks until the test lets go, and a push waiting behind it, GetState,
+// GetCounters and DumpSlot are still answered, and show the state before the push.
+TEST_F(ApiServiceTest, G6_ReadsAreAnsweredWhileTheCommitterIsBusy) {
+  v1::PushGenerationResponse pushed;
+  ASSERT_TRUE(push(acl_push(0, {{1, 1}}, "before"), &pushed).ok());
+  bump_hits(0, 1, 5);
+
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::promise<void> holding;
+  committer_->post([released, &holding](core::Engine* /*engine*/) {
+    holding.set_value();
+    released.wait();
+  });
+  holding.get_future().wait();
+  v1::PushGenerationResponse later;
+  std::thread pusher([&] { (void)push(acl_push(1, {{2, 2}}, "after"), &later); });
+
+  auto short_ctx = [] {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(std::chrono::system_clock::now() + seconds(5));
+    return c;
+  };
+  v1::GetStateResponse state;
+  grpc::Status st = stub_->GetState(short_ctx().get(), {}, &state);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(state.generation(), 1u);
+  v1::GetCountersResponse counters;
+  st = stub_->GetCounters(short_ctx().get(), {}, &counters);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(counters.counters_size(), 1);
+  EXPECT_EQ(counters.counters(0).live(), 5u);
+  v1::DumpSlotRequest dump_req;
+  dump_req.set_map("acl");
+  dump_req.mutable_slot()->set_index(0);
+  v1::DumpSlotResponse dump;
+  st = stub_->DumpSlot(short_ctx().get(), dump_req, &dump);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(dump.entries_size(), 1);
+
+  release.set_value();
+  pusher.join();
+  EXPECT_EQ(later.generation(), 2u);
 }
 
 TEST_F(ApiServiceTest, AfterCommitterStopEverythingIsUnavailable) {

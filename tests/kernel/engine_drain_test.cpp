@@ -37,17 +37,10 @@ class EngineDrainTest : public ::testing::TestWithParam<Param> {
  protected:
   void SetUp() override {
     POLICYD_REQUIRE_BPF();
-    auto fs = PrivateBpffs::create();
-    ASSERT_TRUE(fs.ok()) << fs.error().message();
-    bpffs_.emplace(std::move(fs).value());
-
     core::EngineConfig config;
-    config.pin_dir = bpffs_->join("pd");
     config.maps = plain_test_maps();
     config.barrier = std::get<0>(GetParam());
-    auto engine = core::Engine::open(std::move(config));
-    ASSERT_TRUE(engine.ok()) << engine.error().message();
-    engine_ = std::move(engine).value();
+    ASSERT_NO_FATAL_FAILURE(open_test_engine(std::move(config), bpffs_, engine_));
     ASSERT_EQ(engine_->strategy(), strategy_of(std::get<0>(GetParam())));
 
     auto fd = engine_->outer_fd(map());

@@ -25,6 +25,7 @@
 #include "core/engine.h"
 #include "core/model.h"
 #include "kernel/map.h"
+#include "support/bpffs.h"
 #include "support/prog_run.h"
 #include "test_progs.h"
 #include "test_progs.skel.h"
@@ -147,6 +148,19 @@ inline core::Generation generation(std::vector<core::SlotChange> changes, std::s
 
 // Opens the skeleton, hands each named map the fd policyd uses (bpf_map__reuse_fd dups it),
 // lets libbpf create the others, and loads. Reports failures as gtest failures.
+// Mounts a private bpffs into `bpffs` and opens an engine on it (pin_dir <bpffs>/pd) into
+// `engine`. Call through ASSERT_NO_FATAL_FAILURE.
+inline void open_test_engine(core::EngineConfig config, std::optional<PrivateBpffs>& bpffs,
+                             std::unique_ptr<core::Engine>& engine) {
+  auto fs = PrivateBpffs::create();
+  ASSERT_TRUE(fs.ok()) << fs.error().message();
+  bpffs.emplace(std::move(fs).value());
+  config.pin_dir = bpffs->join("pd");
+  auto opened = core::Engine::open(std::move(config));
+  ASSERT_TRUE(opened.ok()) << opened.error().message();
+  engine = std::move(opened).value();
+}
+
 struct ReusedMap {
   std::string name;  // the map's name in test_progs.bpf.c
   int fd;
