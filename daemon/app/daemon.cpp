@@ -14,11 +14,13 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <thread>
 #include <tuple>
 
 #include "api/service.h"
@@ -106,28 +108,41 @@ Result<std::shared_ptr<grpc::ServerCredentials>> tls_credentials(const config::T
 // take messages up to `served_max_message_bytes`; ok when it can.
 Status restart_needed(const config::DaemonConfig& old, const config::DaemonConfig& next,
                       uint64_t served_max_message_bytes) {
+  auto octal = [](mode_t m) {
+    char buf[8];
+    std::snprintf(buf, sizeof(buf), "%04o", static_cast<unsigned>(m));
+    return std::string(buf);
+  };
+  const config::TlsConfig none;
+  const config::TlsConfig& a = old.api.tls ? *old.api.tls : none;
+  const config::TlsConfig& b = next.api.tls ? *next.api.tls : none;
+  // Keys read once at start (paths, listeners, the socket's owner and mode, the engine's
+  // threads and barrier): the running value and the file's.
+  const std::vector<std::tuple<const char*, std::string, std::string>> fixed = {
+      {"pin_dir", old.engine.pin_dir, next.engine.pin_dir},
+      {"state_dir", old.state_dir, next.state_dir},
+      {"api.socket", old.api.socket, next.api.socket},
+      {"api.socket_mode", octal(old.api.socket_mode), octal(next.api.socket_mode)},
+      {"api.socket_group", old.api.socket_group, next.api.socket_group},
+      {"api.tls.listen", a.listen, b.listen},
+      {"api.tls.cert", a.cert, b.cert},
+      {"api.tls.key", a.key, b.key},
+      {"api.tls.client_ca", a.client_ca, b.client_ca},
+      {"api.idle_timeout_s", std::to_string(old.api.idle_timeout_s),
+       std::to_string(next.api.idle_timeout_s)},
+      {"metrics.listen", old.metrics_listen, next.metrics_listen},
+      {"barrier", core::to_string(old.engine.barrier), core::to_string(next.engine.barrier)},
+      {"barrier_threads", std::to_string(old.engine.barrier_threads),
+       std::to_string(next.engine.barrier_threads)},
+      {"build_threads", std::to_string(old.engine.build_threads),
+       std::to_string(next.engine.build_threads)},
+  };
   auto refuse = [](const std::string& key, const std::string& was, const std::string& is) {
     return failed_precondition("reload refused: " + key + " changed (running \"" + was +
                                "\", file \"" + is + "\"); it needs a restart");
   };
-  if (next.engine.pin_dir != old.engine.pin_dir) {
-    return refuse("pin_dir", old.engine.pin_dir, next.engine.pin_dir);
-  }
-  if (next.state_dir != old.state_dir) return refuse("state_dir", old.state_dir, next.state_dir);
-  if (next.api.socket != old.api.socket)
-    return refuse("api.socket", old.api.socket, next.api.socket);
-  const config::TlsConfig none;
-  const config::TlsConfig& a = old.api.tls ? *old.api.tls : none;
-  const config::TlsConfig& b = next.api.tls ? *next.api.tls : none;
-  for (const auto& [key, was, is] : {std::tuple{"api.tls.listen", &a.listen, &b.listen},
-                                     {"api.tls.cert", &a.cert, &b.cert},
-                                     {"api.tls.key", &a.key, &b.key},
-                                     {"api.tls.client_ca", &a.client_ca, &b.client_ca}}) {
-    if (*was != *is) return refuse(key, *was, *is);
-  }
-  if (next.api.idle_timeout_s != old.api.idle_timeout_s) {
-    return refuse("api.idle_timeout_s", std::to_string(old.api.idle_timeout_s),
-                  std::to_string(next.api.idle_timeout_s));
+  for (const auto& [key, was, is] : fixed) {
+    if (was != is) return refuse(key, was, is);
   }
   if (next.limits.max_message_bytes > served_max_message_bytes) {
     // The gRPC servers were built with the value at start; a lower one applies live.
@@ -269,6 +284,7 @@ struct Daemon::Impl {
     committer->set_history(next.history);
     configure_logging(next.log_level);
     authorizer->set_api_config(next.api);
+    core::set_connection_fd_reserve(next.api.max_connections);
     watch_quota->set_limit(next.api.max_watchers_per_uid);
     {
       std::lock_guard lock(config_mu);
@@ -323,10 +339,13 @@ struct Daemon::Impl {
     // Every push already accepted is committed and acked (new ones get UNAVAILABLE); then the
     // server cancels what is left (WatchEvents streams, idle connections) after a short grace.
     committer->stop();
+    // Both servers get the whole grace at once: a reader's stream cannot use up the writers'.
     const auto deadline = std::chrono::system_clock::now() + kShutdownGrace;
-    for (Front* f : {&readers, &writers}) {
-      if (f->server) f->server->Shutdown(deadline);
-    }
+    std::thread readers_down([&] {
+      if (readers.server) readers.server->Shutdown(deadline);
+    });
+    if (writers.server) writers.server->Shutdown(deadline);
+    readers_down.join();
     io.stop();
   }
 
@@ -391,6 +410,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(config::DaemonConfig cfg) {
   // One fd per live inner map: thousands of slots need more than systemd's soft 1,024.
   Result<core::FdLimit> fd_limit = core::raise_fd_limit();
   if (!fd_limit.ok()) spdlog::warn("{}", fd_limit.error().message());
+  core::set_connection_fd_reserve(cfg.api.max_connections);  // before adoption counts fds
 
   // G8: the record in state_dir decides what the data plane holds before anything is served.
   POLICYD_ASSIGN_OR_RETURN(std::unique_ptr<core::StateStore> store,

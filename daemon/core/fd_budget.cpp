@@ -17,6 +17,12 @@ namespace policyd::core {
 namespace {
 
 std::atomic<size_t> g_reserved{0};
+std::atomic<size_t> g_connections{0};
+
+// What the quick estimate adds to the fds policyd owns.
+size_t unowned_reserve() {
+  return kUnownedFdReserve + g_connections.load(std::memory_order_relaxed);
+}
 
 uint64_t as_count(rlim_t limit) {
   return limit == RLIM_INFINITY ? UINT64_MAX : static_cast<uint64_t>(limit);
@@ -33,7 +39,7 @@ FdLimit current_limit() {
 size_t count_open_fds() {
   size_t n = 0;
   DIR* d = ::opendir("/proc/self/fd");
-  if (d == nullptr) return kernel::UniqueFd::owned_count() + kUnownedFdReserve;
+  if (d == nullptr) return kernel::UniqueFd::owned_count() + unowned_reserve();
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] != '.') ++n;
   }
@@ -83,11 +89,15 @@ FdReservation& FdReservation::operator=(FdReservation&& other) noexcept {
   return *this;
 }
 
+void set_connection_fd_reserve(size_t connections) {
+  g_connections.store(connections, std::memory_order_relaxed);
+}
+
 Result<FdReservation> reserve_fds(size_t needed, const std::string& what) {
   if (needed == 0) return FdReservation();
   const FdLimit limit = current_limit();
   const size_t reserved = g_reserved.load(std::memory_order_relaxed);
-  const uint64_t estimate = kernel::UniqueFd::owned_count() + kUnownedFdReserve + reserved;
+  const uint64_t estimate = kernel::UniqueFd::owned_count() + unowned_reserve() + reserved;
   if (estimate + needed <= limit.soft) return FdReservation(needed);
   // Near the limit the estimate's reserve may be too generous: count what is really open.
   const uint64_t in_use = count_open_fds() + reserved + kFdHeadroom;
@@ -102,7 +112,7 @@ Result<FdReservation> reserve_fds(size_t needed, const std::string& what) {
 Result<FdReservation> reserve_spare_fds(size_t needed, size_t spare) {
   const FdLimit limit = current_limit();
   const size_t reserved = g_reserved.load(std::memory_order_relaxed);
-  const uint64_t estimate = kernel::UniqueFd::owned_count() + kUnownedFdReserve + reserved;
+  const uint64_t estimate = kernel::UniqueFd::owned_count() + unowned_reserve() + reserved;
   const uint64_t keep = std::max<uint64_t>(spare, limit.soft / 4);
   if (limit.soft >= keep && estimate + needed <= limit.soft - keep) return FdReservation(needed);
   return Error{ErrorCode::kResourceExhausted, 0,

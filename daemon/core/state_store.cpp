@@ -59,6 +59,19 @@ bool exists(const std::string& path, off_t* size = nullptr) {
   return true;
 }
 
+// A file of the database that is there must be a regular file: a symlink or anything else
+// planted in state_dir is refused by name, before SQLite opens (or creates) anything.
+Status refuse_unless_regular(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return {};  // missing: fine
+  if (S_ISLNK(st.st_mode)) {
+    return failed_precondition(path + " is a symlink: policyd does not follow links in its " +
+                               "state_dir (put the real file there, or move the link aside)");
+  }
+  if (!S_ISREG(st.st_mode)) return failed_precondition(path + " is not a regular file");
+  return {};
+}
+
 Status fsync_dir(const std::string& path) {
   kernel::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid()) return sys_error(errno, "open " + path);
@@ -272,6 +285,8 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
   const std::string fresh = db_path + ".new";
   ::unlink(fresh.c_str());  // a first start that crashed before its database was complete
   ::unlink((fresh + "-journal").c_str());
+  for (const char* suffix : {"", "-wal", "-shm"})
+    POLICYD_TRY(refuse_unless_regular(db_path + suffix));
   off_t db_size = 0;
   if (!exists(db_path, &db_size)) {
     off_t wal_size = 0;

@@ -427,6 +427,19 @@ TEST_F(LifecycleTest, ReloadRefusesKeysThatNeedARestartAndAppliesALowerMessageLi
   EXPECT_TRUE(has_error(s, grpc::StatusCode::FAILED_PRECONDITION,
                         {"limits.max_message_bytes", "262144", "524288", "needs a restart"}));
 
+  DaemonOptions mode;
+  mode.socket_mode = "0640";
+  ASSERT_TRUE(daemon().rewrite_config(mode).ok());
+  s = reload_via_api(stub(), &resp);
+  EXPECT_TRUE(has_error(s, grpc::StatusCode::FAILED_PRECONDITION,
+                        {"api.socket_mode changed", "0660", "0640", "needs a restart"}));
+  DaemonOptions barrier;
+  barrier.barrier = "concurrent";
+  ASSERT_TRUE(daemon().rewrite_config(barrier).ok());
+  s = reload_via_api(stub(), &resp);
+  EXPECT_TRUE(has_error(s, grpc::StatusCode::FAILED_PRECONDITION,
+                        {"barrier changed", "\"auto\"", "\"concurrent\"", "needs a restart"}));
+
   DaemonOptions lowered;
   lowered.max_message_bytes = 16 * 1024;
   ASSERT_TRUE(daemon().rewrite_config(lowered).ok());

@@ -87,6 +87,18 @@ TEST(FdBudget, G6_OpenDescriptorsCountAgainstTheLimit) {
   EXPECT_FALSE(reserve_fds(150, "after").ok());
 }
 
+// The API's connections are not UniqueFds: the work that only uses the estimate (the pool's
+// refill) keeps api.max_connections of them free.
+TEST(FdBudget, G6_TheConnectionReserveKeepsSpareWorkOffTheConnectionsFds) {
+  SoftLimit limit(1024);
+  set_connection_fd_reserve(0);
+  EXPECT_TRUE(reserve_spare_fds(300, 0).ok());
+  set_connection_fd_reserve(600);  // 64 + 600 + 300 > 1024 - 256 kept free
+  Result<FdReservation> refused = reserve_spare_fds(300, 0);
+  EXPECT_FALSE(refused.ok());
+  set_connection_fd_reserve(0);
+}
+
 TEST(FdBudget, EmfileIsNamedAsResourceExhaustion) {
   Error e = name_fd_exhaustion(sys_error(EMFILE, "create hash map \"big\""));
   EXPECT_EQ(e.code, ErrorCode::kResourceExhausted);
