@@ -18,7 +18,10 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -31,6 +34,19 @@ constexpr uid_t kStranger = 65534;  // in no list
 constexpr uid_t kReader = 65533;    // in allow.read.uids
 constexpr uint32_t kPerUid = 32;
 
+// In a forked child (syscalls only): raises the soft fd limit to the hard one, then drops to
+// `uid` (its own gid, no supplementary groups); exits 1 when it cannot.
+void become(uid_t uid) {
+  rlimit lim{};
+  ::getrlimit(RLIMIT_NOFILE, &lim);
+  lim.rlim_cur = lim.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &lim);
+  if (::setgroups(0, nullptr) != 0 || ::setresgid(uid, uid, uid) != 0 ||
+      ::setresuid(uid, uid, uid) != 0) {
+    ::_exit(1);
+  }
+}
+
 // A child process of uid `uid` holding up to `count` connections to `socket` until destroyed.
 class HeldConnections {
  public:
@@ -42,14 +58,7 @@ class HeldConnections {
     if (::pipe2(ready, O_CLOEXEC) != 0) return;
     pid_ = ::fork();
     if (pid_ == 0) {  // only syscalls from here on: the parent runs gRPC threads
-      rlimit lim{};
-      ::getrlimit(RLIMIT_NOFILE, &lim);
-      lim.rlim_cur = lim.rlim_max;
-      ::setrlimit(RLIMIT_NOFILE, &lim);
-      if (::setgroups(0, nullptr) != 0 || ::setresgid(uid, uid, uid) != 0 ||
-          ::setresuid(uid, uid, uid) != 0) {
-        ::_exit(1);
-      }
+      become(uid);
       int opened = 0;
       for (int i = 0; i < count; ++i) {
         int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
@@ -92,6 +101,20 @@ size_t open_fds(pid_t pid) {
 }
 
 size_t lines(const std::string& text) { return std::count(text.begin(), text.end(), '\n'); }
+
+// CPU time (user + system) the process has used, in seconds.
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream rest(stat.substr(stat.rfind(')') + 2));  // after "pid (comm) "
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
 
 // ---- one gRPC call written by hand ---------------------------------------------------------
 // A forked child of this (gRPC-using) process may only make syscalls, so it speaks HTTP/2
@@ -218,10 +241,7 @@ ChurnCounts churn(const std::string& socket, uid_t uid, int calls, const std::st
   if (pid == 0) {  // only syscalls from here on
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     ::signal(SIGPIPE, SIG_IGN);
-    if (::setgroups(0, nullptr) != 0 || ::setresgid(uid, uid, uid) != 0 ||
-        ::setresuid(uid, uid, uid) != 0) {
-      ::_exit(1);
-    }
+    become(uid);
     ChurnCounts c;
     for (int i = 0; i < calls; ++i) {
       const int s = connect_to(addr);
@@ -261,6 +281,41 @@ ChurnCounts churn(const std::string& socket, uid_t uid, int calls, const std::st
   }
   return c;
 }
+
+// A child of uid `uid` that keeps opening connections and holds every one, until destroyed;
+// when the listen queue is full (a non-blocking connect says EAGAIN) it retries a millisecond
+// later. It keeps a daemon that has run out of fds under constant pressure.
+class ConnectPressure {
+ public:
+  ConnectPressure(const std::string& socket, uid_t uid) {
+    const sockaddr_un addr = unix_address(socket);
+    pid_ = ::fork();
+    if (pid_ != 0) return;
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    become(uid);
+    for (;;) {
+      const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (s < 0) {
+        ::pause();  // out of fds itself: hold what it has
+        continue;
+      }
+      if (::connect(s, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+        ::close(s);
+        ::usleep(1000);
+      }
+    }
+  }
+  ~ConnectPressure() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  ConnectPressure(const ConnectPressure&) = delete;
+  ConnectPressure& operator=(const ConnectPressure&) = delete;
+
+ private:
+  pid_t pid_ = -1;
+};
 
 // A child of root's that connects and disconnects in a loop (holding the last few), so that the
 // fd numbers gRPC frees are taken by a writer's connections, until destroyed.
@@ -396,6 +451,56 @@ TEST_F(ConnectionFloodTest, G6_AReadersTwoThousandConnectionsDoNotDelayAWriterNo
   std::this_thread::sleep_for(std::chrono::seconds(1));
   EXPECT_LT(lines(daemon().log()) - log_before, 1000u);
   EXPECT_LT(open_fds(daemon().pid()), 1024u - 64);
+}
+
+// Out of fds: connection limits far above a hard fd limit of 256, and a reader that keeps
+// opening connections and holds them all. The daemon runs out of descriptors; its accept loop
+// pauses 100 ms at a time (taking one waiting connection off the queue each time), neither spins
+// nor floods the log, and serves again once the reader lets go.
+class OutOfFdsTest : public ConnectionsTest {
+ protected:
+  DaemonOptions daemon_options() const override {
+    DaemonOptions o = ConnectionsTest::daemon_options();
+    o.api_extra_yaml = "  max_connections: 100000\n  max_connections_per_uid: 100000\n";
+    o.nofile = std::pair<uint64_t, uint64_t>{256, 256};
+    return o;
+  }
+};
+
+TEST_F(OutOfFdsTest, G6_AtTheFdLimitTheAcceptLoopBacksOffWithoutSpinningOrFloodingTheLog) {
+  const size_t log_before = lines(daemon().log());
+  {
+    ConnectPressure flood(socket_path(), kReader);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the daemon reaches the limit
+    const double cpu_before = cpu_seconds(daemon().pid());
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    const double cpu = cpu_seconds(daemon().pid()) - cpu_before;
+    EXPECT_LT(cpu, 0.5) << "the daemon used " << cpu << " s of CPU in 2 s at the fd limit";
+    const std::string log = daemon().log();
+    EXPECT_NE(log.find("Too many open files"), std::string::npos) << "never out of fds?\n" << log;
+    EXPECT_NE(log.find("out of fds: raise LimitNOFILE="), std::string::npos);
+    EXPECT_LT(lines(log) - log_before, 40u);
+    // Each warning counts the failed accepts since the last one (a second before): with a pause
+    // of 100 ms after each, about ten.
+    size_t most = 0;
+    const std::string tail = " failed accept(s) since the last warning";
+    for (size_t at = log.find(tail); at != std::string::npos; at = log.find(tail, at + 1)) {
+      const size_t start = log.rfind("; ", at);
+      if (start != std::string::npos)
+        most = std::max<size_t>(most, std::stoul(log.substr(start + 2)));
+    }
+    EXPECT_LE(most, 15u) << "accepts are retried without their pause" << log;
+    EXPECT_LE(open_fds(daemon().pid()), 256u);
+  }
+  // The reader gone, gRPC closes its connections and a writer is served again.
+  std::unique_ptr<v1::Policy::Stub> writer = v1::Policy::NewStub(
+      grpc::CreateChannel("unix:" + socket_path(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_wait_for_ready(true);
+  set_deadline(ctx, std::chrono::seconds(20));
+  v1::PushGenerationResponse resp;
+  grpc::Status st = writer->PushGeneration(&ctx, acl_push(1, {{"10.1.0.0/16", 2}}, "after"), &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message() << "\n" << daemon().log();
 }
 
 // The credentials read at accept bound every call of that connection: a reader that churns
