@@ -34,6 +34,7 @@
 #include "core/layout_check.h"
 #include "core/state_store.h"
 #include "metrics/http_server.h"
+#include "util/fs.h"
 #include "util/log_throttle.h"
 
 namespace policyd::app {
@@ -42,14 +43,6 @@ namespace {
 // After the committer has answered every accepted push, what remains are streams and idle
 // connections: they get this long to close on their own.
 constexpr auto kShutdownGrace = std::chrono::milliseconds(300);
-
-Result<std::string> read_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return sys_error(errno, "read " + path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // A layout's fields as text ("src:ipv4@0 hits:u64@4 counter"), to show what changed.
 std::string layout_text(const schema::Layout& layout) {
@@ -231,7 +224,7 @@ struct Daemon::Impl {
   // file no longer lists, and applies log level, allow-lists and limits live.
   Result<api::ReloadSummary> reload() {
     std::lock_guard reload_lock(reload_mu);
-    POLICYD_ASSIGN_OR_RETURN(std::string text, read_file(config_path));
+    POLICYD_ASSIGN_OR_RETURN(std::string text, util::read_text_file(config_path));
     POLICYD_ASSIGN_OR_RETURN(config::DaemonConfig next, config::parse_config(text, config_path));
     auto old = current_config();
     POLICYD_TRY(restart_needed(*old, next, served_max_message_bytes));
@@ -274,13 +267,31 @@ struct Daemon::Impl {
         next.schemas.emplace(name, old->schemas.at(name));
       }
     }
+    // Everything that can be refused was checked above. Each step below that can still fail
+    // undoes the ones before it; the removal, whose emptying commit cannot be taken back, is
+    // last.
     if (!added.empty()) POLICYD_TRY(committer->add_maps(added));
     for (const auto& m : added) summary.added.push_back(m.name);
+    std::optional<TlsMaterial> previous_tls;
+    auto undo = [&](Error e) {
+      if (previous_tls) (void)install_tls_files(*previous_tls, tls_dir(next));
+      std::vector<std::string> names = summary.added;
+      if (!names.empty()) committer->forget_added_maps(std::move(names));
+      return e;
+    };
+    if (tls) {
+      Result<TlsMaterial> installed = read_installed_tls_files(tls_dir(next));
+      if (installed.ok()) previous_tls = std::move(installed).value();
+      if (Status st = install_tls_files(*tls, tls_dir(next)); !st.ok()) {
+        return undo(st.error().wrap("reload refused: install the TLS files"));
+      }
+    }
     if (!removed.empty()) {
-      POLICYD_TRY(committer->remove_maps(removed, "reload: remove unlisted maps"));
+      if (Status st = committer->remove_maps(removed, "reload: remove unlisted maps"); !st.ok()) {
+        return undo(st.error().wrap("reload refused: remove unlisted maps"));
+      }
       summary.removed = removed;
     }
-    if (tls) POLICYD_TRY(install_tls_files(*tls, tls_dir(next)));
     committer->set_history(next.history);
     configure_logging(next.log_level);
     authorizer->set_api_config(next.api);

@@ -1,13 +1,17 @@
 #include "app/tls_files.h"
 
 #include <fcntl.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <fstream>
-#include <sstream>
+#include <memory>
 #include <utility>
+#include <vector>
 
 #include "kernel/unique_fd.h"
 #include "util/fs.h"
@@ -16,16 +20,72 @@ namespace policyd::app {
 namespace {
 
 Result<std::string> read_pem(const char* key, const std::string& path, const char* block) {
-  std::ifstream in(path);
-  if (!in) return sys_error(errno, std::string(key) + ": read " + path);
-  std::stringstream s;
-  s << in.rdbuf();
-  std::string text = s.str();
+  Result<std::string> read = util::read_text_file(path);
+  if (!read.ok()) return read.error().wrap(key);
+  std::string text = std::move(read).value();
   if (text.find(block) == std::string::npos) {
     return invalid_argument(std::string(key) + " (" + path + ") holds no PEM block \"" + block +
                             "\"");
   }
   return text;
+}
+
+struct BioFree {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+struct X509Free {
+  void operator()(X509* x) const { X509_free(x); }
+};
+struct KeyFree {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+using X509Ptr = std::unique_ptr<X509, X509Free>;
+
+// OpenSSL's reason for the last failure on this thread (its error queue emptied).
+std::string openssl_reason() {
+  const unsigned long code = ERR_peek_last_error();
+  ERR_clear_error();
+  if (code == 0) return "no reason given";
+  char buf[256];
+  ERR_error_string_n(code, buf, sizeof(buf));
+  return buf;
+}
+
+std::unique_ptr<BIO, BioFree> memory_bio(const std::string& text) {
+  return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
+}
+
+// Every certificate in `text`, in order; an error naming `what` when none parses.
+Result<std::vector<X509Ptr>> parse_certificates(const std::string& text, const std::string& what) {
+  auto bio = memory_bio(text);
+  std::vector<X509Ptr> certs;
+  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) certs.emplace_back(x);
+  ERR_clear_error();  // the end of the input reads as an error
+  if (certs.empty()) {
+    return invalid_argument(what + " holds no certificate OpenSSL can parse");
+  }
+  return certs;
+}
+
+// The server's chain parses, its key parses and belongs to the first certificate, and the
+// client CA holds at least one certificate: what gRPC's TLS needs, checked before it sees them.
+Status check_material(const TlsMaterial& m, const config::TlsConfig& tls) {
+  const std::string cert = "api.tls.cert (" + tls.cert + ")";
+  const std::string key = "api.tls.key (" + tls.key + ")";
+  POLICYD_ASSIGN_OR_RETURN(std::vector<X509Ptr> chain, parse_certificates(m.cert, cert));
+  auto bio = memory_bio(m.key);
+  std::unique_ptr<EVP_PKEY, KeyFree> pkey(
+      PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  if (!pkey) {
+    return invalid_argument(key + " holds no private key OpenSSL can parse (" + openssl_reason() +
+                            "; an encrypted key is not supported)");
+  }
+  if (X509_check_private_key(chain.front().get(), pkey.get()) != 1) {
+    ERR_clear_error();
+    return invalid_argument(key + " does not belong to the first certificate of " + cert);
+  }
+  POLICYD_TRY(parse_certificates(m.client_ca, "api.tls.client_ca (" + tls.client_ca + ")"));
+  return {};
 }
 
 Status write_private(const std::string& path, const std::string& text) {
@@ -56,6 +116,16 @@ Result<TlsMaterial> read_tls_files(const config::TlsConfig& tls) {
   POLICYD_ASSIGN_OR_RETURN(m.key, read_pem("api.tls.key", tls.key, "PRIVATE KEY-----"));
   POLICYD_ASSIGN_OR_RETURN(m.client_ca,
                            read_pem("api.tls.client_ca", tls.client_ca, "-----BEGIN CERTIFICATE"));
+  POLICYD_TRY(check_material(m, tls));
+  return m;
+}
+
+Result<TlsMaterial> read_installed_tls_files(const std::string& dir) {
+  const TlsPaths paths = tls_paths(dir);
+  TlsMaterial m;
+  POLICYD_ASSIGN_OR_RETURN(m.cert, util::read_text_file(paths.cert));
+  POLICYD_ASSIGN_OR_RETURN(m.key, util::read_text_file(paths.key));
+  POLICYD_ASSIGN_OR_RETURN(m.client_ca, util::read_text_file(paths.client_ca));
   return m;
 }
 

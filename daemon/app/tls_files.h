@@ -25,9 +25,13 @@ struct TlsPaths {
 };
 [[nodiscard]] TlsPaths tls_paths(const std::string& dir);
 
-// Reads the operator's files; each must hold a PEM block of its kind. The error names the key
-// and the file.
+// Reads the operator's files and checks them with OpenSSL: the cert chain and the client CA
+// parse, the key parses (unencrypted) and belongs to the chain's first certificate. The error
+// names the key and the file.
 [[nodiscard]] Result<TlsMaterial> read_tls_files(const config::TlsConfig& tls);
+
+// What `dir` holds now (to put it back when a reload fails after installing new material).
+[[nodiscard]] Result<TlsMaterial> read_installed_tls_files(const std::string& dir);
 
 // Writes `material` into `dir` (created 0700), each file replaced by a rename.
 [[nodiscard]] Status install_tls_files(const TlsMaterial& material, const std::string& dir);

@@ -787,6 +787,16 @@ Status Committer::add_maps(std::vector<OuterMapConfig> maps) {
   });
 }
 
+void Committer::forget_added_maps(std::vector<std::string> maps) {
+  (void)run_and_wait([&](Engine& engine) {
+    std::unique_lock maps_lock(impl_->maps_mu);
+    engine.forget_added_maps(maps);
+    maps_lock.unlock();
+    impl_->publish_view();
+    return Status{};
+  });
+}
+
 Status Committer::remove_maps(std::vector<std::string> maps, std::string label) {
   return run_and_wait([&](Engine& engine) -> Status {
     Impl& impl = *impl_;
@@ -830,6 +840,11 @@ void Committer::set_history(uint32_t history) {
 std::shared_ptr<const CommitterView> Committer::view() const {
   std::lock_guard lock(impl_->mu);
   return impl_->view;
+}
+
+Committer::QueueDepth Committer::queue_depth() const {
+  std::lock_guard lock(impl_->mu);
+  return {impl_->accepted.size(), impl_->built.size()};
 }
 
 bool Committer::Impl::stopped() const {

@@ -103,6 +103,8 @@ class Committer {
   // Creates the outer maps a reloaded configuration adds. Blocks until the committer has done
   // it (between commits, with the builder paused). Never call it from the committer thread.
   [[nodiscard]] Status add_maps(std::vector<OuterMapConfig> maps);
+  // Undoes add_maps() for `maps` (Engine::forget_added_maps). Blocks like add_maps().
+  void forget_added_maps(std::vector<std::string> maps);
   // Empties the maps' slots in one generation (labelled `label`), drains them, then unpins
   // and forgets the maps. Blocks like add_maps().
   [[nodiscard]] Status remove_maps(std::vector<std::string> maps, std::string label);
@@ -110,6 +112,12 @@ class Committer {
   void set_history(uint32_t history);
 
   [[nodiscard]] std::shared_ptr<const CommitterView> view() const;
+  // Pushes accepted and waiting for the builder, and built and waiting for the committer.
+  struct QueueDepth {
+    size_t accepted = 0;
+    size_t built = 0;
+  };
+  [[nodiscard]] QueueDepth queue_depth() const;
 
   // Reads of live kernel state from any thread, beside the committer: never queued behind a
   // commit, and a commit never waits for one beyond a snapshot's copy (core/reads.h).

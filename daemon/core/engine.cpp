@@ -229,8 +229,28 @@ Status Engine::add_maps(const std::vector<OuterMapConfig>& maps) {
       return st;
     }
   }
+  for (const OuterMapConfig& m : maps) {
+    std::set<std::string>& before = pinned_before_add_[m.name];
+    for (const std::string& path : pin_paths_of(m)) {
+      if (pinned_before.count(path)) before.insert(path);
+    }
+  }
   if (inner_pool_) inner_pool_->configure(configs_);
   return {};
+}
+
+void Engine::forget_added_maps(const std::vector<std::string>& maps) {
+  std::set<std::string> pinned_before;
+  for (const std::string& name : maps) {
+    auto it = pinned_before_add_.find(name);
+    if (it != pinned_before_add_.end()) pinned_before.insert(it->second.begin(), it->second.end());
+  }
+  {
+    std::lock_guard lock(read_mu_);
+    forget_added(maps, pinned_before);
+  }
+  for (const std::string& name : maps) pinned_before_add_.erase(name);
+  if (inner_pool_) inner_pool_->configure(configs_);
 }
 
 Status Engine::add_map(const OuterMapConfig& m) {
@@ -327,6 +347,7 @@ Status Engine::remove_maps(const std::vector<std::string>& maps) {
     }
     outers_.erase(name);
     configs_.erase(name);
+    pinned_before_add_.erase(name);
     // Its pooled maps go with it: a later map of the same name may have another template.
     if (inner_pool_) inner_pool_->configure(configs_);
     spdlog::info("removed map \"{}\" (unpinned; programs holding it keep it until they let go)",

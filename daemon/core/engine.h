@@ -121,6 +121,10 @@ class Engine {
   // when one fails, the others of this call are forgotten and their new pins removed. Committer
   // thread only, and no build() may run meanwhile (it reads the map configurations).
   [[nodiscard]] Status add_maps(const std::vector<OuterMapConfig>& maps);
+  // Undoes add_maps() for `maps` (a reload that fails after it): forgets them and removes the
+  // pins that call created; pins it adopted stay, with what their slots hold. Committer thread
+  // only, no build meanwhile.
+  void forget_added_maps(const std::vector<std::string>& maps);
   // Unpins and forgets outer maps whose slots are all empty and drained (a reloaded
   // configuration no longer lists them). Programs that hold them keep them until they let go.
   [[nodiscard]] Status remove_maps(const std::vector<std::string>& maps);
@@ -242,6 +246,8 @@ class Engine {
   std::unique_ptr<SlotWriter> writer_;
   std::map<std::string, std::unique_ptr<Outer>> outers_;
   std::map<std::string, std::unique_ptr<Group>> groups_;
+  // Per map an add_maps() call made: the pins that were there before it (adopted).
+  std::map<std::string, std::set<std::string>> pinned_before_add_;
   std::vector<PendingDrain> pending_;
   // Left the data plane in a commit whose barrier failed: moved to pending_ once a later commit
   // has waited successfully.

@@ -183,12 +183,22 @@ Result<bool> lookup_elem(int fd, const void* key, void* value) {
   return true;
 }
 
+// How many elements a failed batch call applied. The kernel writes the count back only once it
+// has started on the elements (the one that failed is not counted); a call it refuses before
+// that (a frozen or read-only map: EPERM, bad flags) leaves the count as it was passed in. A
+// failed call that still says `count` therefore applied none.
+namespace {
+uint32_t applied_before_error(uint32_t written_back, uint32_t count) {
+  return written_back < count ? written_back : 0;
+}
+}  // namespace
+
 BatchOutcome update_batch(int fd, const void* keys, const void* values, uint32_t count) {
   LIBBPF_OPTS(bpf_map_batch_opts, opts);
   uint32_t n = count;
   errno = 0;
   int rc = bpf_map_update_batch(fd, keys, values, &n, &opts);
-  if (rc < 0) return {std::min(n, count), sys_error(errno_of(rc), "batch update")};
+  if (rc < 0) return {applied_before_error(n, count), sys_error(errno_of(rc), "batch update")};
   return {count, std::nullopt};
 }
 
@@ -197,7 +207,7 @@ BatchOutcome delete_batch(int fd, const void* keys, uint32_t count) {
   uint32_t n = count;
   errno = 0;
   int rc = bpf_map_delete_batch(fd, keys, &n, &opts);
-  if (rc < 0) return {std::min(n, count), sys_error(errno_of(rc), "batch delete")};
+  if (rc < 0) return {applied_before_error(n, count), sys_error(errno_of(rc), "batch delete")};
   return {count, std::nullopt};
 }
 

@@ -1,9 +1,11 @@
-// mkdir -p: one mkdir per path component, EEXIST meaning done.
+// mkdir -p: one mkdir per path component, EEXIST meaning done; a whole file through a stream.
 #include "util/fs.h"
 
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <fstream>
+#include <sstream>
 
 namespace policyd::util {
 
@@ -22,6 +24,14 @@ Status make_parent_dirs(const std::string& path, mode_t mode) {
   const size_t slash = path.rfind('/');
   if (slash == std::string::npos || slash == 0) return {};
   return make_dirs(path.substr(0, slash), mode);
+}
+
+Result<std::string> read_text_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return sys_error(errno, "read " + path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
 }
 
 }  // namespace policyd::util

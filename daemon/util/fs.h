@@ -1,4 +1,5 @@
-// Directory creation, mkdir -p style: pin directories, the state directory, the socket's parent.
+// Files and directories: mkdir -p style creation (pin directories, the state directory, the
+// socket's parent) and reading a whole text file.
 #pragma once
 
 #include <sys/types.h>
@@ -14,5 +15,8 @@ namespace policyd::util {
 [[nodiscard]] Status make_dirs(const std::string& path, mode_t mode = 0755);
 // The same for the directories above `path` only (the parent of a socket or a file).
 [[nodiscard]] Status make_parent_dirs(const std::string& path, mode_t mode = 0755);
+
+// The whole file; the error ("read <path>: <errno text>") names it.
+[[nodiscard]] Result<std::string> read_text_file(const std::string& path);
 
 }  // namespace policyd::util

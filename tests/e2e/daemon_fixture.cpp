@@ -57,6 +57,19 @@ std::pair<std::string, std::string> open_files_limit(pid_t pid) {
   return {};
 }
 
+std::string extra_map_yaml() {
+  return R"(  - name: extra
+    type: array_of_maps
+    slots: 2
+    drain: none
+    inner:
+      type: hash
+      max_entries: 8
+      key:   [{name: k, type: u32}]
+      value: [{name: v, type: u32}]
+)";
+}
+
 std::string default_maps_yaml() {
   return R"(maps:
   - name: acl

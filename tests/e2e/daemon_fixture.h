@@ -55,6 +55,9 @@ inline constexpr uint32_t kBlobValueSize = 512;  // bytes[512]: big entries for 
 
 // The `maps:` section of the default test configuration (acl, ports, blob).
 [[nodiscard]] std::string default_maps_yaml();
+// One more map, `extra` (a 2-slot array_of_maps of u32 -> u32 hashes), as a list item to append
+// to a `maps:` section: what reload tests add.
+[[nodiscard]] std::string extra_map_yaml();
 
 struct DaemonOptions {
   std::string socket_mode = "0660";

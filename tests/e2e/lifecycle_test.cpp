@@ -261,16 +261,7 @@ DaemonOptions with_extra_map(DaemonOptions o) {
   std::string maps = o.maps_yaml;
   const auto blob = maps.find("  - name: blob");
   maps = maps.substr(0, blob);
-  maps += R"(  - name: extra
-    type: array_of_maps
-    slots: 2
-    drain: none
-    inner:
-      type: hash
-      max_entries: 8
-      key:   [{name: k, type: u32}]
-      value: [{name: v, type: u32}]
-)";
+  maps += extra_map_yaml();
   o.maps_yaml = maps;
   return o;
 }

@@ -251,6 +251,64 @@ TEST_F(TlsTest, AReloadWithABrokenTlsFileIsRefusedNamingItAndTheOldMaterialKeeps
   EXPECT_TRUE(tcp_get_state(*tcp_stub("client")).ok()) << "the last good client CA was dropped";
 }
 
+// Files with the right PEM markers that OpenSSL cannot use: a key of another certificate, and a
+// certificate block that does not parse. Each reload is refused naming the key, the file and
+// what is wrong; the last good material keeps serving.
+TEST_F(TlsTest, AReloadWithAMismatchedKeyOrAnUnparsableCertIsRefusedAndTheOldMaterialServes) {
+  fs::copy_file(pki("server.key"), pki("server.key.good"));
+  fs::copy_file(pki("client.key"), pki("server.key"), fs::copy_options::overwrite_existing);
+  grpc::ClientContext ctx;
+  set_deadline(ctx, kCallTimeout);
+  v1::ReloadConfigResponse resp;
+  grpc::Status st = stub().ReloadConfig(&ctx, v1::ReloadConfigRequest(), &resp);
+  EXPECT_TRUE(has_error(st, grpc::StatusCode::INVALID_ARGUMENT,
+                        {"api.tls.key", pki("server.key"),
+                         "does not belong to the first certificate of api.tls.cert"}));
+
+  fs::copy_file(pki("server.key.good"), pki("server.key"), fs::copy_options::overwrite_existing);
+  std::ofstream(pki("server.crt"), std::ios::trunc)
+      << "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+  grpc::ClientContext ctx2;
+  set_deadline(ctx2, kCallTimeout);
+  st = stub().ReloadConfig(&ctx2, v1::ReloadConfigRequest(), &resp);
+  EXPECT_TRUE(has_error(st, grpc::StatusCode::INVALID_ARGUMENT,
+                        {"api.tls.cert", pki("server.crt"), "no certificate OpenSSL can parse"}));
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // the watcher has re-read its copies
+  EXPECT_TRUE(tcp_get_state(*tcp_stub("client")).ok()) << "the last good material was dropped";
+}
+
+// A reload that adds a map and then cannot install the TLS files (a directory stands where the
+// key's temp copy goes) is refused and leaves nothing made: the new map is neither served nor
+// pinned, TLS keeps serving, and once the obstacle is gone the same reload succeeds.
+TEST_F(TlsTest, AReloadThatFailsAfterMakingItsMapsLeavesNothingHalfMade) {
+  DaemonOptions o = daemon_options();
+  o.maps_yaml += extra_map_yaml();
+  ASSERT_TRUE(daemon().rewrite_config(o).ok());
+  const std::string obstacle = daemon().state_dir() + "/tls/key.pem.new";
+  ASSERT_TRUE(fs::create_directories(obstacle + "/in-the-way"));
+  grpc::ClientContext ctx;
+  set_deadline(ctx, kCallTimeout);
+  v1::ReloadConfigResponse resp;
+  grpc::Status st = stub().ReloadConfig(&ctx, v1::ReloadConfigRequest(), &resp);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.error_message().find("install the TLS files"), std::string::npos)
+      << st.error_message();
+  EXPECT_NE(st.error_message().find("key.pem.new"), std::string::npos) << st.error_message();
+  EXPECT_FALSE(fs::exists(pin("extra"))) << "the failed reload left its map pinned";
+  v1::GetStateResponse state = get_state();
+  for (const auto& m : state.maps()) EXPECT_NE(m.name(), "extra");
+  EXPECT_TRUE(tcp_get_state(*tcp_stub("client")).ok());
+
+  fs::remove_all(obstacle);
+  grpc::ClientContext again;
+  set_deadline(again, kCallTimeout);
+  st = stub().ReloadConfig(&again, v1::ReloadConfigRequest(), &resp);
+  ASSERT_TRUE(st.ok()) << describe(st);
+  EXPECT_EQ(std::vector<std::string>(resp.added_maps().begin(), resp.added_maps().end()),
+            std::vector<std::string>{"extra"});
+  EXPECT_TRUE(fs::exists(pin("extra")));
+}
+
 TEST_F(TlsTest, ListensOnLoopbackOnly) {
   // /proc/net/tcp lists the listener as 0100007F:<port hex> (127.0.0.1), never 00000000.
   std::ostringstream port_hex;
