@@ -19,9 +19,12 @@ namespace {
 std::atomic<size_t> g_reserved{0};
 std::atomic<size_t> g_connections{0};
 
-// What the quick estimate adds to the fds policyd owns.
-size_t unowned_reserve() {
-  return kUnownedFdReserve + g_connections.load(std::memory_order_relaxed);
+// What the quick estimate adds to the fds policyd owns: gRPC's own, and the connections the
+// API may hold, counted up to a quarter of the soft limit (beyond that, near the limit, the
+// precise count decides anyway; a low limit would otherwise starve the inner-map pool).
+uint64_t unowned_reserve(const FdLimit& limit) {
+  return kUnownedFdReserve +
+         std::min<uint64_t>(g_connections.load(std::memory_order_relaxed), limit.soft / 4);
 }
 
 uint64_t as_count(rlim_t limit) {
@@ -39,7 +42,7 @@ FdLimit current_limit() {
 size_t count_open_fds() {
   size_t n = 0;
   DIR* d = ::opendir("/proc/self/fd");
-  if (d == nullptr) return kernel::UniqueFd::owned_count() + unowned_reserve();
+  if (d == nullptr) return kernel::UniqueFd::owned_count() + unowned_reserve(current_limit());
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] != '.') ++n;
   }
@@ -97,7 +100,7 @@ Result<FdReservation> reserve_fds(size_t needed, const std::string& what) {
   if (needed == 0) return FdReservation();
   const FdLimit limit = current_limit();
   const size_t reserved = g_reserved.load(std::memory_order_relaxed);
-  const uint64_t estimate = kernel::UniqueFd::owned_count() + unowned_reserve() + reserved;
+  const uint64_t estimate = kernel::UniqueFd::owned_count() + unowned_reserve(limit) + reserved;
   if (estimate + needed <= limit.soft) return FdReservation(needed);
   // Near the limit the estimate's reserve may be too generous: count what is really open.
   const uint64_t in_use = count_open_fds() + reserved + kFdHeadroom;
@@ -112,7 +115,7 @@ Result<FdReservation> reserve_fds(size_t needed, const std::string& what) {
 Result<FdReservation> reserve_spare_fds(size_t needed, size_t spare) {
   const FdLimit limit = current_limit();
   const size_t reserved = g_reserved.load(std::memory_order_relaxed);
-  const uint64_t estimate = kernel::UniqueFd::owned_count() + unowned_reserve() + reserved;
+  const uint64_t estimate = kernel::UniqueFd::owned_count() + unowned_reserve(limit) + reserved;
   const uint64_t keep = std::max<uint64_t>(spare, limit.soft / 4);
   if (limit.soft >= keep && estimate + needed <= limit.soft - keep) return FdReservation(needed);
   return Error{ErrorCode::kResourceExhausted, 0,

@@ -17,8 +17,8 @@ namespace policyd::core {
 // it; near the limit the budget counts /proc/self/fd instead.
 inline constexpr size_t kUnownedFdReserve = 64;
 // The API's connections are not owned through UniqueFd either: the quick estimate keeps
-// kUnownedFdReserve plus this many free. The daemon sets it to api.max_connections at start and
-// at every reload. Thread-safe.
+// kUnownedFdReserve plus this many free, at most a quarter of the soft limit. The daemon sets it
+// to api.max_connections at start and at every reload. Thread-safe.
 void set_connection_fd_reserve(size_t connections);
 // Kept free even by the precise count: state files and a new connection or two must still open.
 inline constexpr size_t kFdHeadroom = 16;
