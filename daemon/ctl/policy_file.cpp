@@ -2,6 +2,8 @@
 // the splitting of large pushes into PushGenerationStream messages.
 #include "ctl/policy_file.h"
 
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/parser.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -10,7 +12,10 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "util/hex.h"
 
@@ -25,6 +30,37 @@ using schema::FieldType;
 using schema::Layout;
 
 namespace {
+
+// Where a second YAML document starts in `text`, if there is one. Counted with yaml-cpp's event
+// parser, two documents at most: yaml-cpp 0.7's LoadAll loops forever, allocating, on some
+// malformed input (fixed upstream in jbeder/yaml-cpp#1319, not in Debian 12's 0.7.0; found by
+// tests/fuzz/policy_file_fuzz).
+class DocumentStarts final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+  std::vector<YAML::Mark> marks;
+};
+
+std::optional<YAML::Mark> second_document(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStarts starts;
+  for (int docs = 0; docs < 2 && parser.HandleNextDocument(starts); ++docs) {
+  }
+  if (starts.marks.size() < 2) return std::nullopt;
+  return starts.marks[1];
+}
 
 std::string join(const std::string& path, const std::string& name) {
   return path.empty() ? name : path + "." + name;
@@ -188,17 +224,18 @@ Result<const MapSchema*> PolicyParser::schema(const YAML::Node& name_node,
 }
 
 Result<v1::PushGenerationRequest> PolicyParser::parse(const std::string& text) {
-  std::vector<YAML::Node> docs;
+  YAML::Node root;
   try {
-    docs = YAML::LoadAll(text);
+    if (std::optional<YAML::Mark> second = second_document(text)) {
+      return at(*second, "", "a policy file holds one YAML document, not several");
+    }
+    root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     return at(e.mark, "", "malformed YAML: " + e.msg);
   }
-  if (docs.size() > 1) return at(docs[1], "", "a policy file holds one YAML document, not several");
-  if (docs.empty() || docs[0].IsNull()) {
+  if (root.IsNull()) {
     return at(YAML::Mark::null_mark(), "", "empty policy file (expected label and changes)");
   }
-  const YAML::Node& root = docs[0];
   if (!root.IsMap()) return at(root, "", "expected a mapping with label and changes");
 
   static const std::vector<std::string> kTopKeys = {"label", "changes"};

@@ -191,6 +191,16 @@ TEST(ConfigTest, DuplicateKeyIsRefusedWithFileLineAndColumn) {
   EXPECT_TRUE(parse_config(kMinimal, "test.yaml").ok());  // the control: once is fine
 }
 
+// A key that is a mapping or a sequence (`? {a: 1}` or `[x]: ...`) is an error naming its place,
+// not an exception out of the parser (tests/fuzz/config_fuzz found the crash: a reload would
+// have ended the daemon).
+TEST(ConfigTest, ANonScalarKeyIsAnErrorNotACrash) {
+  std::string msg = error_of(std::string("[history]: 4\n") + kMinimal);
+  EXPECT_EQ(msg.rfind("test.yaml:1:1: : a key must be a plain scalar", 0), 0u) << msg;
+  msg = error_of(replace(kMinimal, "max_entries: 1024", "{x: 1}: 1024"));
+  EXPECT_NE(msg.find("maps[0].inner: a key must be a plain scalar"), std::string::npos) << msg;
+}
+
 // Group member "foo" is pinned as foo_a and foo_b: a plain map "foo_a" would share the pin.
 TEST(ConfigTest, PinNameCollisionsAreRefusedNamingBothMaps) {
   const std::string member = std::string(kMinimal).substr(std::string(kMinimal).find("  - name"));
