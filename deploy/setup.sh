@@ -2,8 +2,9 @@
 # Sets up a Debian 12 machine to build policyd, then tests it or runs it.
 #
 #   deploy/setup.sh test          install, check formatting, build (warnings as errors), run every
-#                                 ctest suite (the layer rules are a unit test), then the kernel
-#                                 and e2e suites again on Debian 12's 6.1 kernel
+#                                 ctest suite (the layer rules are a unit test), the fuzz targets
+#                                 for FUZZ_SECONDS (30) each, then the kernel and e2e suites
+#                                 again on Debian 12's 6.1 kernel
 #   deploy/setup.sh run [CONFIG]  install, build, exec the daemon (default config/policyd.yaml)
 #
 # Idempotent: packages are installed only when missing, the build tree is reused, and bpffs
@@ -14,11 +15,13 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
 readonly BUILD_DIR="${REPO_ROOT}/build"
 readonly BPFFS=/sys/fs/bpf
+# Seconds each fuzz target runs in `test` (CI: 30; tests/fuzz/run.sh SECONDS runs them by hand).
+readonly FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 
 # Everything the build, the tests and the daemon need from Debian 12.
 readonly PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  clang-14 llvm-14 libbpf-dev bpftool libelf-dev zlib1g-dev
+  clang-14 llvm-14 libclang-rt-14-dev libbpf-dev bpftool libelf-dev zlib1g-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
   libspdlog-dev libfmt-dev libyaml-cpp-dev libboost-dev libsystemd-dev prometheus-cpp-dev
   libsqlite3-dev sqlite3
@@ -112,6 +115,8 @@ cmd_test() {
   mount_bpffs
   # CI must run the privileged suites, never skip them.
   POLICYD_REQUIRE_PRIVILEGED=1 ctest --test-dir "${BUILD_DIR}" --output-on-failure
+  log "fuzz targets, ${FUZZ_SECONDS} s each (tests/fuzz/run.sh; clang-14, ASan + UBSan)"
+  bash "${REPO_ROOT}/tests/fuzz/run.sh" "${FUZZ_SECONDS}"
   run_vm_suites
 }
 
