@@ -45,13 +45,18 @@ const core::OuterMapConfig* find_map(const config::DaemonConfig& config, const s
   return nullptr;
 }
 
-// On a reader thread. Maps in configuration order, then any the engine still holds that the
-// configuration no longer lists (kept by a reload).
+// On a reader thread. The generation, its label and the slots come from one engine snapshot
+// (the data plane at one instant), the counts of barriers and generations from the view. Maps
+// in configuration order, then any the engine still holds that the configuration no longer
+// lists (kept by a reload).
 Result<v1::GetStateResponse> read_state(const core::Committer& committer,
                                         const config::DaemonConfig& config) {
-  POLICYD_ASSIGN_OR_RETURN(std::vector<core::MapSnapshot> maps, committer.map_snapshots());
+  POLICYD_ASSIGN_OR_RETURN(core::StateSnapshot state, committer.state_snapshot());
+  const std::vector<core::MapSnapshot>& maps = state.maps;
   v1::GetStateResponse out;
   to_state_header(*committer.view(), &out);
+  out.set_generation(state.generation);
+  out.set_label(state.label);
   std::vector<const core::MapSnapshot*> order;
   for (const core::OuterMapConfig& m : config.engine.maps) {
     for (const core::MapSnapshot& s : maps) {

@@ -273,15 +273,34 @@ struct Daemon::Impl {
     if (!added.empty()) POLICYD_TRY(committer->add_maps(added));
     for (const auto& m : added) summary.added.push_back(m.name);
     std::optional<TlsMaterial> previous_tls;
+    std::string unreadable_tls;  // why the installed TLS files could not be read back
+    // Each undo step that fails is named in the error: the operator must know what stayed.
     auto undo = [&](Error e) {
-      if (previous_tls) (void)install_tls_files(*previous_tls, tls_dir(next));
-      std::vector<std::string> names = summary.added;
-      if (!names.empty()) committer->forget_added_maps(std::move(names));
+      std::vector<std::string> left;
+      if (previous_tls) {
+        Status back = install_tls_files(*previous_tls, tls_dir(next));
+        if (!back.ok()) left.push_back("the previous TLS files: " + back.error().message());
+      } else if (tls) {
+        left.push_back("the previous TLS files (" + unreadable_tls + ")");
+      }
+      if (!summary.added.empty()) {
+        Status forgot = committer->forget_added_maps(summary.added);
+        if (!forgot.ok()) left.push_back("the new maps: " + forgot.error().message());
+      }
+      if (!left.empty()) {
+        std::string list;
+        for (const std::string& l : left) list += (list.empty() ? "" : "; ") + l;
+        e.context += "; undo incomplete, not put back: " + list;
+      }
       return e;
     };
     if (tls) {
       Result<TlsMaterial> installed = read_installed_tls_files(tls_dir(next));
-      if (installed.ok()) previous_tls = std::move(installed).value();
+      if (installed.ok()) {
+        previous_tls = std::move(installed).value();
+      } else {
+        unreadable_tls = installed.error().message();
+      }
       if (Status st = install_tls_files(*tls, tls_dir(next)); !st.ok()) {
         return undo(st.error().wrap("reload refused: install the TLS files"));
       }

@@ -55,11 +55,17 @@ std::unique_ptr<BIO, BioFree> memory_bio(const std::string& text) {
   return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
 }
 
+// OpenSSL's passphrase callback: none is given. Without one OpenSSL prompts on the terminal,
+// which would block a daemon started from one (or its reload) on an encrypted key.
+int no_passphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* /*u*/) { return -1; }
+
 // Every certificate in `text`, in order; an error naming `what` when none parses.
 Result<std::vector<X509Ptr>> parse_certificates(const std::string& text, const std::string& what) {
   auto bio = memory_bio(text);
   std::vector<X509Ptr> certs;
-  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) certs.emplace_back(x);
+  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, no_passphrase, nullptr)) {
+    certs.emplace_back(x);
+  }
   ERR_clear_error();  // the end of the input reads as an error
   if (certs.empty()) {
     return invalid_argument(what + " holds no certificate OpenSSL can parse");
@@ -75,7 +81,7 @@ Status check_material(const TlsMaterial& m, const config::TlsConfig& tls) {
   POLICYD_ASSIGN_OR_RETURN(std::vector<X509Ptr> chain, parse_certificates(m.cert, cert));
   auto bio = memory_bio(m.key);
   std::unique_ptr<EVP_PKEY, KeyFree> pkey(
-      PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+      PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
   if (!pkey) {
     return invalid_argument(key + " holds no private key OpenSSL can parse (" + openssl_reason() +
                             "; an encrypted key is not supported)");

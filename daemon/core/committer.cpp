@@ -787,8 +787,8 @@ Status Committer::add_maps(std::vector<OuterMapConfig> maps) {
   });
 }
 
-void Committer::forget_added_maps(std::vector<std::string> maps) {
-  (void)run_and_wait([&](Engine& engine) {
+Status Committer::forget_added_maps(std::vector<std::string> maps) {
+  return run_and_wait([&](Engine& engine) {
     std::unique_lock maps_lock(impl_->maps_mu);
     engine.forget_added_maps(maps);
     maps_lock.unlock();
@@ -852,9 +852,9 @@ bool Committer::Impl::stopped() const {
   return stopping;
 }
 
-Result<std::vector<MapSnapshot>> Committer::map_snapshots() const {
+Result<StateSnapshot> Committer::state_snapshot() const {
   if (impl_->stopped()) return unavailable();
-  return impl_->engine->map_snapshots();
+  return impl_->engine->state_snapshot();
 }
 
 Result<CounterReading> Committer::read_counters(const std::string& only) const {

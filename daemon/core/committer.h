@@ -103,8 +103,9 @@ class Committer {
   // Creates the outer maps a reloaded configuration adds. Blocks until the committer has done
   // it (between commits, with the builder paused). Never call it from the committer thread.
   [[nodiscard]] Status add_maps(std::vector<OuterMapConfig> maps);
-  // Undoes add_maps() for `maps` (Engine::forget_added_maps). Blocks like add_maps().
-  void forget_added_maps(std::vector<std::string> maps);
+  // Undoes add_maps() for `maps` (Engine::forget_added_maps). Blocks like add_maps();
+  // kUnavailable when the committer stopped first (the maps then stay).
+  [[nodiscard]] Status forget_added_maps(std::vector<std::string> maps);
   // Empties the maps' slots in one generation (labelled `label`), drains them, then unpins
   // and forgets the maps. Blocks like add_maps().
   [[nodiscard]] Status remove_maps(std::vector<std::string> maps, std::string label);
@@ -122,7 +123,7 @@ class Committer {
   // Reads of live kernel state from any thread, beside the committer: never queued behind a
   // commit, and a commit never waits for one beyond a snapshot's copy (core/reads.h).
   // kUnavailable once stopped.
-  [[nodiscard]] Result<std::vector<MapSnapshot>> map_snapshots() const;
+  [[nodiscard]] Result<StateSnapshot> state_snapshot() const;
   [[nodiscard]] Result<CounterReading> read_counters(const std::string& only) const;
   [[nodiscard]] Result<DrainRecord> read_slot(const std::string& map, const Bytes& slot) const;
   void add_listener(std::shared_ptr<EventListener> listener);

@@ -28,8 +28,9 @@ Status Committer::Impl::recover() {
 
   const uint64_t id = stored->generation;
   POLICYD_ASSIGN_OR_RETURN(Generation repair, repair_changes(stored->slots));
+  const std::string label = stored->history.empty() ? "" : stored->history.front().label;
   if (repair.changes.empty()) {
-    engine->set_generation(id);
+    engine->set_generation(id, label);
     spdlog::info(
         "adopted generation {}: the pinned maps match its record ({} slot(s)); the "
         "data plane was not touched",
@@ -39,6 +40,7 @@ Status Committer::Impl::recover() {
     POLICYD_ASSIGN_OR_RETURN(BuiltGeneration rebuilt, engine->build(repair));
     Result<CommitReport> report = engine->restore(std::move(rebuilt), id);
     if (!report.ok()) return report.error().wrap("restore generation " + std::to_string(id));
+    engine->set_generation(id, label);
     spdlog::warn(
         "restored generation {}: {} slot(s) differed from its record (empty bpffs "
         "after a reboot, or a crash in the middle of a commit)",

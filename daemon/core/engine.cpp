@@ -604,6 +604,7 @@ Status Engine::flip_groups(Plan& plan) {
 
 Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
   if (batch.empty()) return invalid_argument("commit of an empty batch");
+  std::string last_label = batch.back().label;
   const uint64_t rounds_before = writer_->stats().rounds + writer_->stats().barriers;
   Plan plan = this->plan(batch);
   CommitReport report;
@@ -705,6 +706,7 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
     }
   }
   current_ = report.last_generation;
+  current_label_ = std::move(last_label);
   stats_.commits++;
   stats_.generations += plan.ids.size();
   report.rounds = writer_->stats().rounds + writer_->stats().barriers - rounds_before;
@@ -942,12 +944,14 @@ Result<DrainRecord> Engine::dump_slot(const std::string& map, const Bytes& slot)
   return read_inner(*inner, *o->config);
 }
 
-std::vector<MapSnapshot> Engine::map_snapshots() const {
+StateSnapshot Engine::state_snapshot() const {
   std::lock_guard lock(read_mu_);
-  std::vector<MapSnapshot> out;
-  out.reserve(outers_.size());
+  StateSnapshot out;
+  out.generation = current_;
+  out.label = current_label_;
+  out.maps.reserve(outers_.size());
   for (const auto& [name, o] : outers_) {
-    MapSnapshot& m = out.emplace_back();
+    MapSnapshot& m = out.maps.emplace_back();
     m.config = *o->config;
     m.pin = o->group ? pins_.member(name, 0) : pins_.outer(name);
     m.live.reserve(o->slots[o->active()].size());
@@ -965,9 +969,11 @@ Result<CounterSnapshot> Engine::counter_snapshot(const std::string& only) const 
     return (only.empty() || map == only) && !configs_.at(map).inner.counters.empty();
   };
   CounterSnapshot out;
-  for (const auto& [key, total] : drained_totals_) {
-    if (configs_.count(key.map) && wanted(key.map))
-      out.drained.emplace_hint(out.drained.end(), key, total);
+  // Keys order by map first: one map's totals are one range.
+  auto it = only.empty() ? drained_totals_.begin() : drained_totals_.lower_bound({only, {}, {}});
+  for (; it != drained_totals_.end() && (only.empty() || it->first.map == only); ++it) {
+    if (configs_.count(it->first.map) && wanted(it->first.map))
+      out.drained.emplace_hint(out.drained.end(), it->first, it->second);
   }
   for (const auto& [name, o] : outers_) {
     if (!wanted(name)) continue;

@@ -6,7 +6,7 @@
 //
 // Threading: validate() and build() are thread-safe and may run concurrently with the
 // committer. Every other non-const call belongs to the single committer thread; const queries
-// must also run on it (they read committer state), except the snapshots (map_snapshots(),
+// must also run on it (they read committer state), except the snapshots (state_snapshot(),
 // counter_snapshot(), slot_snapshot()), which any thread may take at any time: the committer
 // holds the engine's read lock only while it updates its bookkeeping, never across a kernel
 // call that waits, and a snapshot holds it only to copy what a reader needs.
@@ -63,11 +63,18 @@ struct CounterKey {
   auto operator<=>(const CounterKey&) const = default;
 };
 
-// One outer map as a reader sees it at one instant (Engine::map_snapshots).
+// One outer map as a reader sees it at one instant (Engine::state_snapshot).
 struct MapSnapshot {
   OuterMapConfig config;
   std::string pin;             // the map's pin (an atomic-group member: its bank a)
   std::vector<SlotInfo> live;  // the data plane's view (a group member: the active bank)
+};
+// The data plane at one instant: the generation the engine last committed (its slots carry
+// installed_by up to it), that generation's label, and every map in name order.
+struct StateSnapshot {
+  uint64_t generation = 0;
+  std::string label;
+  std::vector<MapSnapshot> maps;
 };
 
 // An inner map whose counts are not in CounterSnapshot::drained yet.
@@ -151,8 +158,12 @@ class Engine {
   void release_drained();
 
   // ---- recovery (G8); before the first commit -----------------------------------------------
-  // The generation the pinned maps hold, as the durable record says.
-  void set_generation(uint64_t id) { current_ = id; }
+  // The generation the pinned maps hold, and its label, as the durable record says.
+  void set_generation(uint64_t id, std::string label) {
+    std::lock_guard lock(read_mu_);
+    current_ = id;
+    current_label_ = std::move(label);
+  }
   void restore_drained_totals(std::map<CounterKey, uint64_t> totals) {
     std::lock_guard lock(read_mu_);
     drained_totals_ = std::move(totals);
@@ -187,8 +198,8 @@ class Engine {
     return drained_totals_;
   }
   // ---- snapshots for readers on any thread ---------------------------------------------------
-  // Every map, in name order.
-  [[nodiscard]] std::vector<MapSnapshot> map_snapshots() const;
+  // The generation, its label and every map, taken together.
+  [[nodiscard]] StateSnapshot state_snapshot() const;
   // The counters of `only` (every map with counter fields when empty); kNotFound for an
   // unknown map.
   [[nodiscard]] Result<CounterSnapshot> counter_snapshot(const std::string& only) const;
@@ -256,6 +267,7 @@ class Engine {
   std::vector<InnerRef> drained_;  // drained, still pinned until release_drained()
   std::map<CounterKey, uint64_t> drained_totals_;
   uint64_t current_ = 0;
+  std::string current_label_;  // the label of generation current_ (under read_mu_)
   EngineStats stats_;
 };
 

@@ -1,6 +1,6 @@
 // Reads of live kernel state for the API, on any thread, beside the committer (reads never
 // delay writes): GetState, GetCounters and DumpSlot. Each read takes one snapshot from the
-// engine (Engine::map_snapshots, counter_snapshot, slot_snapshot) and reads the inner maps it
+// engine (Engine::state_snapshot, counter_snapshot, slot_snapshot) and reads the inner maps it
 // names through descriptors of its own, opened by id, so that nothing the committer closes or
 // frees meanwhile is read through a stale descriptor.
 //

@@ -31,10 +31,10 @@ using schema::Layout;
 
 namespace {
 
-// Where a second YAML document starts in `text`, if there is one. Counted with yaml-cpp's event
-// parser, two documents at most: yaml-cpp 0.7's LoadAll loops forever, allocating, on some
-// malformed input (fixed upstream in jbeder/yaml-cpp#1319, not in Debian 12's 0.7.0; found by
-// tests/fuzz/policy_file_fuzz).
+// Where the first two YAML documents in `text` start. Counted with yaml-cpp's event parser, two
+// documents at most: yaml-cpp 0.7's LoadAll loops forever, allocating, on some malformed input
+// (fixed upstream in jbeder/yaml-cpp#1319, not in Debian 12's 0.7.0; found by
+// tests/fuzz/policy_file_fuzz). On such input the parser reports a document without moving on.
 class DocumentStarts final : public YAML::EventHandler {
  public:
   void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
@@ -52,14 +52,13 @@ class DocumentStarts final : public YAML::EventHandler {
   std::vector<YAML::Mark> marks;
 };
 
-std::optional<YAML::Mark> second_document(const std::string& text) {
+std::vector<YAML::Mark> document_starts(const std::string& text) {
   std::istringstream in(text);
   YAML::Parser parser(in);
   DocumentStarts starts;
   for (int docs = 0; docs < 2 && parser.HandleNextDocument(starts); ++docs) {
   }
-  if (starts.marks.size() < 2) return std::nullopt;
-  return starts.marks[1];
+  return starts.marks;
 }
 
 std::string join(const std::string& path, const std::string& name) {
@@ -226,8 +225,12 @@ Result<const MapSchema*> PolicyParser::schema(const YAML::Node& name_node,
 Result<v1::PushGenerationRequest> PolicyParser::parse(const std::string& text) {
   YAML::Node root;
   try {
-    if (std::optional<YAML::Mark> second = second_document(text)) {
-      return at(*second, "", "a policy file holds one YAML document, not several");
+    const std::vector<YAML::Mark> starts = document_starts(text);
+    if (starts.size() == 2 && starts[1].pos <= starts[0].pos) {
+      return at(starts[0], "", "malformed YAML: no document can be read here");
+    }
+    if (starts.size() == 2) {
+      return at(starts[1], "", "a policy file holds one YAML document, not several");
     }
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {

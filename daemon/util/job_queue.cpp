@@ -52,4 +52,9 @@ void JobQueue::loop() {
   }
 }
 
+size_t JobQueue::idle_threads() const {
+  std::lock_guard lock(mu_);
+  return idle_;
+}
+
 }  // namespace policyd::util

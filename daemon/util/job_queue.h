@@ -28,13 +28,15 @@ class JobQueue {
   [[nodiscard]] bool try_run(std::function<void()> job);
 
   [[nodiscard]] size_t max_waiting() const { return max_waiting_; }
+  // Threads waiting for a job (a job that finished is counted once its thread waits again).
+  [[nodiscard]] size_t idle_threads() const;
 
  private:
   void loop();
 
   const size_t max_threads_;
   const size_t max_waiting_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
   size_t idle_ = 0;

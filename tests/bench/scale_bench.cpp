@@ -93,13 +93,9 @@ void push_or_die(v1::Policy::Stub& stub, const v1::PushGenerationRequest& req) {
 
 // A "Key:   value" line's number from a /proc file (VmRSS in kB, write_bytes, wchar).
 uint64_t proc_field(pid_t pid, const std::string& file, const std::string& key) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/" + file);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) != 0) continue;
-    return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10);
-  }
-  die("no " + key + " in /proc/" + std::to_string(pid) + "/" + file);
+  std::optional<uint64_t> v = e2e::proc_field(pid, file, key);
+  if (!v) die("no " + key + " in /proc/" + std::to_string(pid) + "/" + file);
+  return *v;
 }
 
 double rss_mb(pid_t pid) { return static_cast<double>(proc_field(pid, "status", "VmRSS")) / 1024; }

@@ -90,16 +90,6 @@ class HeldConnections {
   bool ok_ = false;
 };
 
-size_t open_fds(pid_t pid) {
-  std::error_code ec;
-  size_t n = 0;
-  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    ++n;
-  }
-  return n;
-}
-
 size_t lines(const std::string& text) { return std::count(text.begin(), text.end(), '\n'); }
 
 // CPU time (user + system) the process has used, in seconds.
@@ -490,7 +480,6 @@ TEST_F(OutOfFdsTest, G6_AtTheFdLimitTheAcceptLoopBacksOffWithoutSpinningOrFloodi
         most = std::max<size_t>(most, std::stoul(log.substr(start + 2)));
     }
     EXPECT_LE(most, 15u) << "accepts are retried without their pause" << log;
-    EXPECT_LE(open_fds(daemon().pid()), 256u);
   }
   // The reader gone, gRPC closes its connections and a writer is served again.
   std::unique_ptr<v1::Policy::Stub> writer = v1::Policy::NewStub(

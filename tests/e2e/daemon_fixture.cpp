@@ -482,6 +482,27 @@ std::unique_ptr<v1::Policy::Stub> DaemonProcess::new_stub() const {
 // ---------------------------------------------------------------------------------------------
 // Bytes
 
+size_t open_fds(pid_t pid) {
+  std::error_code ec;
+  size_t n = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return n;
+}
+
+std::optional<uint64_t> proc_field(pid_t pid, const std::string& file, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/" + file);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) {
+      return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10);
+    }
+  }
+  return std::nullopt;
+}
+
 Bytes u32le(uint32_t v) {
   Bytes b(4);
   std::memcpy(b.data(), &v, 4);

@@ -180,6 +180,12 @@ class DaemonProcess {
   std::optional<int> exit_code_;
 };
 
+// What /proc tells of process `pid`: its open fds, and the number of a "Key:   value" line of
+// /proc/<pid>/<file> (VmRSS of status in kB, write_bytes of io), nullopt when there is none.
+[[nodiscard]] size_t open_fds(pid_t pid);
+[[nodiscard]] std::optional<uint64_t> proc_field(pid_t pid, const std::string& file,
+                                                 const std::string& key);
+
 // ---------------------------------------------------------------------------------------------
 // Byte layouts of the default maps (what the kernel must hold after a push).
 

@@ -18,13 +18,17 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "api/auth.h"
 #include "api/service.h"
 #include "config/config.h"
 #include "core/committer.h"
 #include "core/engine.h"
+#include "core/sqlite_db.h"
+#include "core/state_store.h"
 #include "support/bpffs.h"
+#include "support/scope_exit.h"
 
 namespace policyd::api {
 namespace {
@@ -99,8 +103,17 @@ class ApiServiceTest : public test::BpffsTest {
     config_ = std::make_shared<const config::DaemonConfig>(std::move(cfg).value());
     Result<std::unique_ptr<core::Engine>> engine = core::Engine::open(config_->engine);
     ASSERT_TRUE(engine.ok()) << engine.error().message();
-    committer_ = std::make_unique<core::Committer>(std::move(engine).value(),
-                                                   core::CommitterOptions{config_->history});
+    if (state_dir_.empty()) {
+      committer_ = std::make_unique<core::Committer>(std::move(engine).value(),
+                                                     core::CommitterOptions{config_->history});
+    } else {
+      auto store = core::StateStore::open(state_dir_);
+      ASSERT_TRUE(store.ok()) << store.error().message();
+      auto committer = core::Committer::open(std::move(engine).value(), std::move(store).value(),
+                                             core::CommitterOptions{config_->history});
+      ASSERT_TRUE(committer.ok()) << committer.error().message();
+      committer_ = std::move(committer).value();
+    }
     auth_ = std::make_shared<TestAuthorizer>();
     service_ = std::make_unique<PolicyService>(
         *committer_, [this] { return config_; }, auth_,
@@ -161,6 +174,7 @@ class ApiServiceTest : public test::BpffsTest {
     ::close(fd);
   }
 
+  std::string state_dir_;  // set before SetUp: the committer records there
   std::shared_ptr<const config::DaemonConfig> config_;
   std::unique_ptr<core::Committer> committer_;
   std::shared_ptr<TestAuthorizer> auth_;
@@ -593,6 +607,12 @@ TEST_F(ApiServiceTest, G6_ReadsAreAnsweredWhileTheCommitterIsBusy) {
   holding.get_future().wait();
   v1::PushGenerationResponse later;
   std::thread pusher([&] { (void)push(acl_push(1, {{2, 2}}, "after"), &later); });
+  bool let_go = false;
+  auto let_go_and_join = [&] {
+    if (!std::exchange(let_go, true)) release.set_value();
+    if (pusher.joinable()) pusher.join();
+  };
+  test::ScopeExit at_exit(let_go_and_join);  // a failed ASSERT must not leave the committer held
 
   auto short_ctx = [] {
     auto c = std::make_unique<grpc::ClientContext>();
@@ -616,9 +636,67 @@ TEST_F(ApiServiceTest, G6_ReadsAreAnsweredWhileTheCommitterIsBusy) {
   EXPECT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(dump.entries_size(), 1);
 
-  release.set_value();
-  pusher.join();
+  let_go_and_join();
   EXPECT_EQ(later.generation(), 2u);
+}
+
+// The fixture with a durable record (core::StateStore in a temp dir).
+class ApiServiceStoreTest : public ApiServiceTest {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "policyd-api-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    state_dir_ = tmpl;
+    ApiServiceTest::SetUp();
+  }
+  void TearDown() override {
+    ApiServiceTest::TearDown();
+    std::error_code ec;
+    std::filesystem::remove_all(state_dir_, ec);
+  }
+};
+
+// The engine updates its slots when a commit reaches the kernel; the push is acked (and the
+// committer's view moves) only once its record is durable. GetState's generation and slots come
+// from one snapshot, so no slot ever shows a generation newer than the one reported. The record
+// write is held here by another connection's write lock on state.db.
+TEST_F(ApiServiceStoreTest, G6_GetStateNeverShowsASlotNewerThanItsGeneration) {
+  v1::PushGenerationResponse pushed;
+  ASSERT_TRUE(push(acl_push(0, {{1, 1}}, "one"), &pushed).ok());
+  auto db = core::SqliteDb::open(state_dir_ + "/state.db", false);
+  ASSERT_TRUE(db.ok()) << db.error().message();
+  ASSERT_TRUE((*db)->exec("BEGIN IMMEDIATE").ok());  // the record's next write waits for this
+  bool locked = true;
+  auto unlock = [&] {
+    if (std::exchange(locked, false)) (void)(*db)->exec("ROLLBACK");
+  };
+  v1::PushGenerationResponse later;
+  std::thread pusher([&] { (void)push(acl_push(0, {{2, 2}}, "two"), &later); });
+  test::ScopeExit at_exit([&] {
+    unlock();
+    pusher.join();
+  });
+
+  bool saw_two = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  while (!saw_two && std::chrono::steady_clock::now() < deadline) {
+    v1::GetStateResponse state;
+    grpc::Status st = stub_->GetState(ctx().get(), {}, &state);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    for (const auto& m : state.maps()) {
+      for (const auto& s : m.live_slots()) {
+        ASSERT_LE(s.generation(), state.generation())
+            << m.name() << " slot " << s.slot().index() << " shows generation " << s.generation()
+            << " in a state of generation " << state.generation();
+        if (s.generation() == 2) {
+          saw_two = true;
+          EXPECT_EQ(state.label(), "two");
+        }
+      }
+    }
+  }
+  EXPECT_TRUE(saw_two) << "the push never reached the kernel while its record was held";
+  unlock();
 }
 
 TEST_F(ApiServiceTest, AfterCommitterStopEverythingIsUnavailable) {

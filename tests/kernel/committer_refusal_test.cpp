@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "core/committer.h"
 #include "core/engine.h"
@@ -23,6 +24,7 @@
 #include "engine_harness.h"
 #include "kernel/map.h"
 #include "support/bpffs.h"
+#include "support/scope_exit.h"
 
 namespace policyd::test {
 namespace {
@@ -82,20 +84,26 @@ TEST_P(CommitterRefusalTest, G2_G8_AKernelRefusalInABatchFailsOnlyItsPushAndTheR
     released.wait();
   });
   holding.get_future().wait();  // the committer thread is in the job: nothing is taken meanwhile
-  std::promise<Result<core::PushResult>> a, b;
+  bool let_go = false;
+  auto let_go_once = [&] {
+    if (!std::exchange(let_go, true)) release.set_value();
+  };
+  test::ScopeExit let_go_at_exit(let_go_once);  // a failed ASSERT must not leave it held
+  auto a = std::make_shared<std::promise<Result<core::PushResult>>>();
+  auto b = std::make_shared<std::promise<Result<core::PushResult>>>();
   committer_->push(replace("arr_hash", 0, "a"),
-                   [&](Result<core::PushResult> r) { a.set_value(r); });
+                   [a](Result<core::PushResult> r) { a->set_value(r); });
   committer_->push(replace("arr_array", 0, "b"),
-                   [&](Result<core::PushResult> r) { b.set_value(r); });
+                   [b](Result<core::PushResult> r) { b->set_value(r); });
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (committer_->queue_depth().built < 2 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   ASSERT_EQ(committer_->queue_depth().built, 2u) << "the builder did not build both pushes";
-  release.set_value();
+  let_go_once();
 
-  Result<core::PushResult> ra = a.get_future().get();
-  Result<core::PushResult> rb = b.get_future().get();
+  Result<core::PushResult> ra = a->get_future().get();
+  Result<core::PushResult> rb = b->get_future().get();
   ASSERT_TRUE(ra.ok()) << "the push the kernel did not refuse failed with it: "
                        << ra.error().message();
   EXPECT_EQ(ra->generation, 1u);

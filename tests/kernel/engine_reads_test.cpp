@@ -22,6 +22,7 @@
 #include "engine_harness.h"
 #include "support/bpffs.h"
 #include "support/prog_run.h"
+#include "support/scope_exit.h"
 
 namespace policyd::test {
 namespace {
@@ -109,6 +110,10 @@ TEST_P(EngineReadsTest, G5_CountersReadBesideCommitsAndDrainsCountEveryMapOnce) 
         return;
       }
     }
+  });
+  test::ScopeExit stop_reader([&] {
+    done = true;
+    if (reader.joinable()) reader.join();
   });
 
   for (uint32_t gen = 2; gen <= kCommits + 1 && failure.empty(); ++gen) {

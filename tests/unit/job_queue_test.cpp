@@ -69,7 +69,8 @@ TEST(JobQueueTest, G6_ThreadsStartOnlyWhenNoneIsIdle) {
       done.set_value();
     }));
     f.wait();
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the thread is idle again
+    // The job's thread counts as idle again once it waits for the next job.
+    while (q.idle_threads() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   // One job at a time never needs a second thread.
   for (const auto& id : threads) EXPECT_EQ(id, threads.front());

@@ -231,9 +231,10 @@ TEST(PolicyFileErrorTest, MalformedYaml) {
 // time); the parser counts documents with a bounded loop instead (found by
 // tests/fuzz/policy_file_fuzz).
 TEST(PolicyFileErrorTest, InputThatLoopsYamlCppsLoadAllIsAnError) {
-  for (const char* text : {",\n", ",\n,\n", "a: 1\n---\n,\n"}) {
-    EXPECT_FALSE(error_of(text).empty()) << text;
-  }
+  EXPECT_EQ(error_of(",\n"), "policy.yaml:1:1: malformed YAML: no document can be read here");
+  EXPECT_EQ(error_of(",\n,\n"), "policy.yaml:1:1: malformed YAML: no document can be read here");
+  EXPECT_EQ(error_of("a: 1\n---\n,\n"),
+            "policy.yaml:2:1: a policy file holds one YAML document, not several");
 }
 
 TEST(PolicyFileErrorTest, NotAPolicy) {
