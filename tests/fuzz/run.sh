@@ -27,16 +27,21 @@ for t in "${TARGETS[@]}"; do
   seeds="${REPO}/tests/fuzz/corpus/${t}"
   work="${BUILD}/corpus/${t}"
   crashes="${BUILD}/crashes/${t}"
-  mkdir -p "${work}" "${crashes}"
+  # Scratch files of the target (state dirs) live in the build tree and go with each run, even
+  # one that crashed before its own clean-up.
+  scratch="${BUILD}/tmp/${t}"
+  rm -rf "${scratch}"
+  mkdir -p "${work}" "${crashes}" "${scratch}"
   log="${BUILD}/${t}.log"
   dirs=("${work}")
   [[ -d "${seeds}" ]] && dirs+=("${seeds}")
   set +e
   # Leak checks stay on (ASan's default); -rss_limit_mb bounds a target that grows.
-  "${BUILD}/tests/fuzz/${t}" -max_total_time="${SECONDS_EACH}" -print_final_stats=1 \
+  TMPDIR="${scratch}" "${BUILD}/tests/fuzz/${t}" -max_total_time="${SECONDS_EACH}" -print_final_stats=1 \
     -rss_limit_mb=2048 -timeout=10 -artifact_prefix="${crashes}/" "${dirs[@]}" > "${log}" 2>&1
   rc=$?
   set -e
+  rm -rf "${scratch}"
   execs="$(awk '/stat::number_of_executed_units/ {print $NF}' "${log}")"
   if [[ ${rc} -eq 0 ]]; then
     echo "fuzz: ${t} ok (${execs:-?} execs)"
