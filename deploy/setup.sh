@@ -123,7 +123,10 @@ configure_and_build_sanitized() {
 #   does not depend on the kernel.
 # - LifecycleTest.G4_TwoHundredSigterms...: 200 daemon starts (55 s on the host; one start
 #   alone takes seconds under TCG).
-readonly VM_EXCLUDED_TESTS='^(FdBudgetLowLimitTest\.G6_RestartThatCannotAdoptEverySlotRefusesToStartAndNamesTheLimit|HashCrashLoopTest\.G8_G9_SurvivesSigkillsAt4096SlotsOfAHashOuterMap|ConnectionFloodTest\.G6_AReadersTwoThousandConnectionsDoNotDelayAWriterNorFloodTheLog|IdentityTest\.AReusedFdNumberNeverLendsAWritersRightsToAReadersCalls|LifecycleTest\.G4_TwoHundredSigtermsUnderPushLoadAnswerEveryPushAndExitZeroWithinFiveSeconds)$'
+# - scale_bench_smoke and soak_smoke: a benchmark's figures under TCG say nothing, and the soak
+#   is a minute of host-speed load; what they touch on 6.1 (fills, exact counts under churn) is
+#   the crash loop's and the fill tests' job there (64 s and 70 s of the VM run).
+readonly VM_EXCLUDED_TESTS='^(FdBudgetLowLimitTest\.G6_RestartThatCannotAdoptEverySlotRefusesToStartAndNamesTheLimit|HashCrashLoopTest\.G8_G9_SurvivesSigkillsAt4096SlotsOfAHashOuterMap|ConnectionFloodTest\.G6_AReadersTwoThousandConnectionsDoNotDelayAWriterNorFloodTheLog|IdentityTest\.AReusedFdNumberNeverLendsAWritersRightsToAReadersCalls|LifecycleTest\.G4_TwoHundredSigtermsUnderPushLoadAnswerEveryPushAndExitZeroWithinFiveSeconds|scale_bench_smoke|soak_smoke)$'
 
 # Not run under the sanitizers (they run in the normal build on the host and in the VM):
 # - SystemdTest.WatchdogPingsStopWhileTheCommitterIsStuck stops every daemon thread but the
@@ -162,7 +165,7 @@ run_sanitized_suites() {
     LSAN_OPTIONS="${common}:suppressions=${REPO_ROOT}/tests/sanitize/lsan.supp" \
     UBSAN_OPTIONS="${common}:halt_on_error=1" \
     TSAN_OPTIONS="${common}:halt_on_error=1:suppressions=${REPO_ROOT}/tests/sanitize/tsan.supp" \
-    POLICYD_REQUIRE_PRIVILEGED=1 ctest --test-dir "${dir}" -L "${labels}" \
+    POLICYD_REQUIRE_PRIVILEGED=1 ctest --test-dir "${dir}" -L "${labels}" --parallel 2 \
     -E "${SANITIZE_EXCLUDED_TESTS}" --output-on-failure || rc=$?
   if compgen -G "${reports}/report*" > /dev/null; then
     log "sanitizer reports (${list}):"
@@ -186,7 +189,8 @@ cmd_test() {
   configure_and_build "${BUILD_DIR}" -DPOLICYD_WERROR=ON
   mount_bpffs
   # CI must run the privileged suites, never skip them.
-  POLICYD_REQUIRE_PRIVILEGED=1 ctest --test-dir "${BUILD_DIR}" --output-on-failure
+  # Two at a time: kernel and e2e tests are RUN_SERIAL and still run alone.
+  POLICYD_REQUIRE_PRIVILEGED=1 ctest --test-dir "${BUILD_DIR}" --parallel 2 --output-on-failure
   log "fuzz targets, ${FUZZ_SECONDS} s each (tests/fuzz/run.sh; clang-14, ASan + UBSan)"
   bash "${REPO_ROOT}/tests/fuzz/run.sh" "${FUZZ_SECONDS}"
   # The sanitizer tree builds while the VM runs, at the lowest priority: the guest's threads
