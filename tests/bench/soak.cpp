@@ -37,7 +37,7 @@
 #include "support/bpffs.h"
 #include "support/prog_run.h"
 #include "test_progs.h"
-#include "test_progs.skel.h"
+#include "test_progs_ptr.h"
 
 namespace policyd::bench {
 namespace {
@@ -105,10 +105,7 @@ v1::PushGenerationRequest acl_push(uint64_t n, uint32_t own_slot) {
   return req;
 }
 
-struct SkelDeleter {
-  void operator()(test_progs* s) const { test_progs__destroy(s); }
-};
-using SkelPtr = std::unique_ptr<test_progs, SkelDeleter>;
+using test::SkelPtr;
 
 // count_arr_lpm on the daemon's pinned acl, looking up 10.1.2.3 in kCountedSlot.
 SkelPtr load_counter_program(const std::string& acl_pin) {

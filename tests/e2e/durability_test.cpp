@@ -23,17 +23,14 @@
 #include "kernel/map.h"
 #include "support/prog_run.h"
 #include "test_progs.h"
-#include "test_progs.skel.h"
+#include "test_progs_ptr.h"
 
 namespace policyd::e2e {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct SkelDeleter {
-  void operator()(test_progs* s) const { test_progs__destroy(s); }
-};
-using SkelPtr = std::unique_ptr<test_progs, SkelDeleter>;
+using test::SkelPtr;
 
 constexpr uint32_t kSlot = 5;  // the slot the counter program looks up
 

@@ -17,17 +17,14 @@
 #include "daemon_fixture.h"
 #include "support/prog_run.h"
 #include "test_progs.h"
-#include "test_progs.skel.h"
+#include "test_progs_ptr.h"
 
 namespace policyd::e2e {
 namespace {
 
 constexpr uint32_t kSlot = 3;
 
-struct SkelDeleter {
-  void operator()(test_progs* s) const { test_progs__destroy(s); }
-};
-using SkelPtr = std::unique_ptr<test_progs, SkelDeleter>;
+using test::SkelPtr;
 
 static_assert(sizeof(pd_test_value) == kAclValueSize, "acl's value is pd_test_value");
 static_assert(sizeof(pd_lpm4_key) == kAclKeySize, "acl's key is pd_lpm4_key");

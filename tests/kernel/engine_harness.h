@@ -28,7 +28,7 @@
 #include "support/bpffs.h"
 #include "support/prog_run.h"
 #include "test_progs.h"
-#include "test_progs.skel.h"
+#include "test_progs_ptr.h"
 
 // gtest prints parameters with this (found by ADL) instead of as raw bytes.
 namespace policyd::core {
@@ -36,12 +36,6 @@ inline void PrintTo(BarrierMode mode, std::ostream* os) { *os << to_string(mode)
 }  // namespace policyd::core
 
 namespace policyd::test {
-
-// The skeleton's owner: destroy() closes its programs and the maps it holds.
-struct SkelDeleter {
-  void operator()(test_progs* skel) const { test_progs__destroy(skel); }
-};
-using SkelPtr = std::unique_ptr<test_progs, SkelDeleter>;
 
 inline const char* strategy_name(core::BarrierMode mode) {
   return mode == core::BarrierMode::kBatch ? "batch" : "concurrent";

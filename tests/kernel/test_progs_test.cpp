@@ -19,16 +19,12 @@
 #include "kernel/map.h"
 #include "support/bpffs.h"
 #include "support/prog_run.h"
-#include "test_progs.skel.h"
+#include "test_progs_ptr.h"
 
 namespace policyd::kernel {
 namespace {
 
-// The skeleton's owner: destroy() closes its programs and maps.
-struct SkelDeleter {
-  void operator()(test_progs* skel) const { test_progs__destroy(skel); }
-};
-using SkelPtr = std::unique_ptr<test_progs, SkelDeleter>;
+using test::SkelPtr;
 
 Result<UniqueFd> make_map(bpf_map_type type, const std::string& name, uint32_t key_size,
                           uint32_t max_entries, uint32_t flags = 0, int inner_fd = -1) {
