@@ -56,7 +56,7 @@ struct Systemd::Watchdog {
     auto flag = std::make_shared<std::atomic<bool>>(false);
     answered = flag;
     probe_posted = Clock::now();
-    committer.post([flag](core::Engine* /*engine*/) { flag->store(true); });
+    committer.post([flag](core::CommitEngine* /*engine*/) { flag->store(true); });
   }
 
   void arm() {

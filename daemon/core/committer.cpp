@@ -23,7 +23,7 @@ Error unavailable() { return Error{ErrorCode::kUnavailable, 0, "policyd is shutt
 // failing the kernel write of the whole batch half way. Costs the slots the batch changes.
 class HashOccupancy {
  public:
-  HashOccupancy(const Engine& engine, const SlotState& state,
+  HashOccupancy(const CommitEngine& engine, const SlotState& state,
                 const std::map<std::string, size_t>& used)
       : engine_(engine), state_(state), used_(used) {}
 
@@ -61,7 +61,7 @@ class HashOccupancy {
     return it == used_.end() ? 0 : it->second;
   }
 
-  const Engine& engine_;
+  const CommitEngine& engine_;
   const SlotState& state_;
   const std::map<std::string, size_t>& used_;
   std::map<SlotKey, bool> batch_;             // slots the batch so far changed
@@ -151,6 +151,33 @@ void Committer::Impl::finish(const ItemPtr& item, Result<PushResult> result) {
   }
 }
 
+void Committer::Impl::finish_unsettled(const ItemPtr& item, uint64_t generation, const Error& e,
+                                       Unsettled waits_for) {
+  const std::string& id = item->request.request_id;
+  std::vector<PushCallback> waiters = ledger.finish_unsettled(id, generation, e);
+  if (!id.empty()) {
+    Unsettled& u = unsettled[id];
+    u.record = u.record || waits_for.record;
+    u.barrier = u.barrier || waits_for.barrier;
+  }
+  item->encoded.clear();
+  item->done(e);
+  for (PushCallback& w : waiters) w(e);
+}
+
+void Committer::Impl::settle(bool record_written, bool barrier_waited) {
+  for (auto it = unsettled.begin(); it != unsettled.end();) {
+    if (record_written) it->second.record = false;
+    if (barrier_waited) it->second.barrier = false;
+    if (it->second.record || it->second.barrier) {
+      ++it;
+      continue;
+    }
+    ledger.settle(it->first);
+    it = unsettled.erase(it);
+  }
+}
+
 void Committer::Impl::builder_loop() {
   for (;;) {
     ItemPtr item;
@@ -188,7 +215,7 @@ void Committer::Impl::builder_loop() {
 
 void Committer::Impl::committer_loop() {
   for (;;) {
-    std::deque<std::function<void(Engine*)>> todo;
+    std::deque<std::function<void(CommitEngine*)>> todo;
     std::vector<ItemPtr> batch;
     {
       const bool flush_due = flush_pending();
@@ -386,11 +413,15 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
                 " is live but not acknowledged: " + e.context +
                 "; the maps it replaced are drained after the next successful commit";
     spdlog::error("{}", e.message());
-    for (ItemPtr& item : ok) finish(item, e);
+    for (size_t i = 0; i < ok.size(); ++i) {
+      finish_unsettled(ok[i], report->first_generation + i, e, {!durable.ok(), true});
+    }
     for_each_listener([&](EventListener& l) { l.on_committed(event); });
     drain_and_publish();
     return;
   }
+  // The barrier waited: pushes a failed barrier left unacknowledged are past a grace period.
+  settle(false, true);
   if (!durable.ok()) {
     // The data plane holds the batch but the record does not: no ack (G8). A restart before
     // the next successful write brings back the generation recorded before.
@@ -401,7 +432,9 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
         "restore generation " +
         std::to_string(report->first_generation - 1));
     spdlog::error("{}", e.message());
-    for (ItemPtr& item : ok) finish(item, e);
+    for (size_t i = 0; i < ok.size(); ++i) {
+      finish_unsettled(ok[i], report->first_generation + i, e, {true, false});
+    }
     for_each_listener([&](EventListener& l) { l.on_committed(event); });
     drain_and_publish();
     return;
@@ -622,6 +655,7 @@ void Committer::Impl::written() {
   unwritten.clear();
   dirty_totals.clear();
   engine->release_drained();
+  settle(true, false);  // the generations whose record had failed are recorded now
 }
 
 // Writes the updates a failed write left (nothing to do in the normal case).
@@ -703,7 +737,7 @@ void Committer::Impl::publish_view() {
   v->history.assign(history.records().begin(), history.records().end());
   v->stats = engine->stats();
   v->strategy = engine->strategy();
-  v->kernel = engine->kernel_facts().release;
+  v->kernel = engine->kernel_release();
   for (const auto& [name, cfg] : engine->maps()) v->maps.push_back(name);
   std::lock_guard lock(mu);
   view = std::move(v);
@@ -711,7 +745,7 @@ void Committer::Impl::publish_view() {
 
 // ---- Committer ----------------------------------------------------------------------------
 
-Committer::Committer(std::unique_ptr<Engine> engine, CommitterOptions options)
+Committer::Committer(std::unique_ptr<CommitEngine> engine, CommitterOptions options)
     : impl_(std::make_unique<Impl>(std::move(engine), nullptr, options)) {
   // Without a record, what the adopted slots hold only seeds rollback diffs: a slot that
   // cannot be read is logged and left out.
@@ -721,7 +755,7 @@ Committer::Committer(std::unique_ptr<Engine> engine, CommitterOptions options)
 
 Committer::Committer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Result<std::unique_ptr<Committer>> Committer::open(std::unique_ptr<Engine> engine,
+Result<std::unique_ptr<Committer>> Committer::open(std::unique_ptr<CommitEngine> engine,
                                                    std::unique_ptr<StateStore> store,
                                                    CommitterOptions options) {
   auto impl = std::make_unique<Impl>(std::move(engine), std::move(store), options);
@@ -757,7 +791,7 @@ void Committer::rollback(uint64_t generation, uint64_t expected_generation, std:
   impl_->enqueue(std::move(item));
 }
 
-void Committer::post(std::function<void(Engine*)> fn) {
+void Committer::post(std::function<void(CommitEngine*)> fn) {
   {
     std::unique_lock lock(impl_->mu);
     if (impl_->committer_done) {
@@ -770,15 +804,15 @@ void Committer::post(std::function<void(Engine*)> fn) {
   impl_->cv.notify_all();
 }
 
-Status Committer::run_and_wait(const std::function<Status(Engine&)>& fn) {
+Status Committer::run_and_wait(const std::function<Status(CommitEngine&)>& fn) {
   std::promise<Status> done;
   std::future<Status> result = done.get_future();
-  post([&](Engine* engine) { done.set_value(engine ? fn(*engine) : Status(unavailable())); });
+  post([&](CommitEngine* engine) { done.set_value(engine ? fn(*engine) : Status(unavailable())); });
   return result.get();
 }
 
 Status Committer::add_maps(std::vector<OuterMapConfig> maps) {
-  return run_and_wait([&](Engine& engine) {
+  return run_and_wait([&](CommitEngine& engine) {
     std::unique_lock maps_lock(impl_->maps_mu);
     Status st = engine.add_maps(maps);
     maps_lock.unlock();
@@ -788,7 +822,7 @@ Status Committer::add_maps(std::vector<OuterMapConfig> maps) {
 }
 
 Status Committer::forget_added_maps(std::vector<std::string> maps) {
-  return run_and_wait([&](Engine& engine) {
+  return run_and_wait([&](CommitEngine& engine) {
     std::unique_lock maps_lock(impl_->maps_mu);
     engine.forget_added_maps(maps);
     maps_lock.unlock();
@@ -798,7 +832,7 @@ Status Committer::forget_added_maps(std::vector<std::string> maps) {
 }
 
 Status Committer::remove_maps(std::vector<std::string> maps, std::string label) {
-  return run_and_wait([&](Engine& engine) -> Status {
+  return run_and_wait([&](CommitEngine& engine) -> Status {
     Impl& impl = *impl_;
     // One generation empties the maps (recorded and drained like any other), then they go.
     auto item = std::make_shared<Impl::Item>();
@@ -829,7 +863,7 @@ Status Committer::remove_maps(std::vector<std::string> maps, std::string label) 
 }
 
 void Committer::set_history(uint32_t history) {
-  post([this, history](Engine* engine) {
+  post([this, history](CommitEngine* engine) {
     if (!engine) return;
     impl_->options.history = history;
     impl_->history.set_limit(history);
@@ -859,12 +893,12 @@ Result<StateSnapshot> Committer::state_snapshot() const {
 
 Result<CounterReading> Committer::read_counters(const std::string& only) const {
   if (impl_->stopped()) return unavailable();
-  return core::read_counters(*impl_->engine, only);
+  return impl_->engine->read_counters(only);
 }
 
 Result<DrainRecord> Committer::read_slot(const std::string& map, const Bytes& slot) const {
   if (impl_->stopped()) return unavailable();
-  return core::read_slot(*impl_->engine, map, slot);
+  return impl_->engine->read_slot(map, slot);
 }
 
 void Committer::add_listener(std::shared_ptr<EventListener> listener) {
@@ -888,7 +922,7 @@ void Committer::stop() {
   if (impl_->builder_thread.joinable()) impl_->builder_thread.join();
   if (impl_->committer_thread.joinable()) impl_->committer_thread.join();
   // Posts that raced with the stop still get an answer.
-  std::deque<std::function<void(Engine*)>> late;
+  std::deque<std::function<void(CommitEngine*)>> late;
   {
     std::lock_guard lock(impl_->mu);
     late.swap(impl_->posts);

@@ -19,10 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "core/engine.h"
+#include "core/commit_engine.h"
 #include "core/history.h"
 #include "core/model.h"
-#include "core/reads.h"
 #include "core/request_ledger.h"
 #include "core/state_store.h"
 #include "util/result.h"
@@ -77,12 +76,12 @@ class Committer {
  public:
   // Without durable state: adopted slots are read back from the kernel; generation ids start
   // at 0. Tests and tools use it.
-  Committer(std::unique_ptr<Engine> engine, CommitterOptions options);
+  Committer(std::unique_ptr<CommitEngine> engine, CommitterOptions options);
   // With durable state (G8), before anything is served: loads the record (refusing a corrupt
   // one), finishes drains a previous run left pinned, checks the adopted maps against the
   // record and, when they differ (reboot, crash mid-commit), re-commits the recorded
   // generation under its own id. The engine must have been opened with drain_pins.
-  [[nodiscard]] static Result<std::unique_ptr<Committer>> open(std::unique_ptr<Engine> engine,
+  [[nodiscard]] static Result<std::unique_ptr<Committer>> open(std::unique_ptr<CommitEngine> engine,
                                                                std::unique_ptr<StateStore> store,
                                                                CommitterOptions options);
   ~Committer();  // stop()
@@ -98,12 +97,12 @@ class Committer {
                 PushCallback done);
   // Runs `fn` on the committer thread between commits. After stop(), runs it with a null
   // engine.
-  void post(std::function<void(Engine*)> fn);
+  void post(std::function<void(CommitEngine*)> fn);
 
   // Creates the outer maps a reloaded configuration adds. Blocks until the committer has done
   // it (between commits, with the builder paused). Never call it from the committer thread.
   [[nodiscard]] Status add_maps(std::vector<OuterMapConfig> maps);
-  // Undoes add_maps() for `maps` (Engine::forget_added_maps). Blocks like add_maps();
+  // Undoes add_maps() for `maps` (CommitEngine::forget_added_maps). Blocks like add_maps();
   // kUnavailable when the committer stopped first (the maps then stay).
   [[nodiscard]] Status forget_added_maps(std::vector<std::string> maps);
   // Empties the maps' slots in one generation (labelled `label`), drains them, then unpins
@@ -138,7 +137,7 @@ class Committer {
   void start();
   // Runs `fn` on the committer thread between commits and returns its result (kUnavailable
   // once stopped). Never from the committer thread.
-  Status run_and_wait(const std::function<Status(Engine&)>& fn);
+  Status run_and_wait(const std::function<Status(CommitEngine&)>& fn);
   std::unique_ptr<Impl> impl_;
 };
 

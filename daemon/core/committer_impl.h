@@ -56,7 +56,7 @@ struct Committer::Impl {
   };
   using ItemPtr = std::shared_ptr<Item>;
 
-  std::unique_ptr<Engine> engine;
+  std::unique_ptr<CommitEngine> engine;
   std::unique_ptr<StateStore> store;  // null: no durable state
   CommitterOptions options;
   RequestLedger ledger;
@@ -69,7 +69,7 @@ struct Committer::Impl {
   bool committer_done = false;
   std::deque<ItemPtr> accepted;  // waiting for the builder
   std::deque<ItemPtr> built;     // waiting for the committer
-  std::deque<std::function<void(Engine*)>> posts;
+  std::deque<std::function<void(CommitEngine*)>> posts;
   std::vector<std::shared_ptr<EventListener>> listeners;
   std::shared_ptr<const CommitterView> view;
 
@@ -81,6 +81,14 @@ struct Committer::Impl {
   std::set<CounterKey> dirty_totals;         // drained totals not yet in the record
   std::vector<RecordUpdate> unwritten;       // updates whose write failed: retried
   bool drained_ids_listed = false;           // the record names drained maps already unpinned
+  // Request ids of pushes whose generation is live but not acknowledged, and what each still
+  // waits for: its record (a failed write) and a barrier (a failed one). Settled, a retry
+  // gets the generation (RequestLedger::settle).
+  struct Unsettled {
+    bool record = false;
+    bool barrier = false;
+  };
+  std::map<std::string, Unsettled> unsettled;
   static constexpr std::chrono::milliseconds kFlushDelay{20};
   std::chrono::milliseconds flush_delay = kFlushDelay;  // idle time before flush_idle()
   RecordWriter writer;
@@ -88,7 +96,7 @@ struct Committer::Impl {
   std::thread builder_thread;
   std::thread committer_thread;
 
-  Impl(std::unique_ptr<Engine> e, std::unique_ptr<StateStore> st, CommitterOptions o)
+  Impl(std::unique_ptr<CommitEngine> e, std::unique_ptr<StateStore> st, CommitterOptions o)
       : engine(std::move(e)),
         store(std::move(st)),
         options(o),
@@ -99,6 +107,11 @@ struct Committer::Impl {
   [[nodiscard]] bool stopped() const;  // stop() has begun: new work is refused
   void enqueue(ItemPtr item);
   void finish(const ItemPtr& item, Result<PushResult> result);
+  // Ends an item whose generation is live but not acknowledged, with `e`.
+  void finish_unsettled(const ItemPtr& item, uint64_t generation, const Error& e,
+                        Unsettled waits_for);
+  // A record write or a barrier succeeded: the unsettled pushes that waited only for it settle.
+  void settle(bool record_written, bool barrier_waited);
   void builder_loop();
   void committer_loop();
   Status prepare_contents(Item& item);

@@ -12,10 +12,10 @@ namespace policyd::core {
 Status Committer::Impl::recover() {
   POLICYD_ASSIGN_OR_RETURN(std::optional<StoredState> stored, store->load());
   if (!stored) return adopt_without_record();
-  if (!stored->pin_dir.empty() && stored->pin_dir != engine->pins().dir()) {
+  if (!stored->pin_dir.empty() && stored->pin_dir != engine->pin_dir()) {
     return failed_precondition(
         store->db_path() + " records the maps of pin_dir " + stored->pin_dir +
-        ", but the config's pin_dir is " + engine->pins().dir() +
+        ", but the config's pin_dir is " + engine->pin_dir() +
         ": a state_dir belongs to one pin_dir. Give this config its own state_dir, or set "
         "pin_dir back");
   }
@@ -72,7 +72,7 @@ Status Committer::Impl::adopt_without_record() {
                  state.size());
   }
   RecordUpdate up;
-  up.pin_dir = engine->pins().dir();
+  up.pin_dir = engine->pin_dir();
   up.generation = engine->current_generation();
   auto rec = std::make_shared<GenerationRecord>();
   rec->id = engine->current_generation();

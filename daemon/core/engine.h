@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/builder.h"
+#include "core/commit_engine.h"
 #include "core/inner_pool.h"
 #include "core/model.h"
 #include "core/pin_paths.h"
@@ -35,47 +36,6 @@
 #include "util/worker_pool.h"
 
 namespace policyd::core {
-
-struct CommitReport {
-  uint64_t first_generation = 0;  // ids assigned to the batch, in acceptance order
-  uint64_t last_generation = 0;
-  size_t slots_written = 0;  // outer-map slot writes, banks included
-  size_t rounds = 0;         // write rounds + explicit barriers this commit waited for
-  double write_ms = 0;       // outer-map writes (their waits included)
-  double barrier_ms = 0;     // explicit barrier (atomic groups only)
-  // Set when the explicit barrier after an atomic-group flip failed. The batch is live (the
-  // flip cannot be taken back without another unwaited flip), but no grace period is known to
-  // have passed: not acknowledgeable, and what it replaced is held back from drain() until a
-  // later commit has waited successfully.
-  std::optional<Error> barrier_failed;
-};
-
-struct SlotInfo {
-  Bytes slot;
-  uint32_t map_id = 0;
-  uint64_t installed_by = 0;
-};
-
-struct CounterKey {
-  std::string map;
-  Bytes slot;
-  std::string field;
-  auto operator<=>(const CounterKey&) const = default;
-};
-
-// One outer map as a reader sees it at one instant (Engine::state_snapshot).
-struct MapSnapshot {
-  OuterMapConfig config;
-  std::string pin;             // the map's pin (an atomic-group member: its bank a)
-  std::vector<SlotInfo> live;  // the data plane's view (a group member: the active bank)
-};
-// The data plane at one instant: the generation the engine last committed (its slots carry
-// installed_by up to it), that generation's label, and every map in name order.
-struct StateSnapshot {
-  uint64_t generation = 0;
-  std::string label;
-  std::vector<MapSnapshot> maps;
-};
 
 // An inner map whose counts are not in CounterSnapshot::drained yet.
 struct CounterSource {
@@ -100,106 +60,98 @@ struct SlotSnapshot {
   uint64_t installed_by = 0;
 };
 
-struct EngineStats {
-  uint64_t commits = 0;      // commit() calls that succeeded
-  uint64_t generations = 0;  // generations committed
-  uint64_t failed_commits = 0;
-  uint64_t drained_maps = 0;
-  uint64_t drained_entries = 0;
-  uint64_t live_inner_maps = 0;  // inner maps installed in outer maps (both banks of groups)
-  WriterStats writer;            // rounds, waiting calls, explicit barriers
-  // Worker threads started so far: the pools start them when a build or a write round needs
-  // them, up to build_threads and barrier_threads (G6: an idle engine holds none it never used).
-  uint64_t build_threads_started = 0;
-  uint64_t barrier_threads_started = 0;
-  PoolStats pool;  // pre-created inner maps (EngineConfig::inner_pool)
-};
-
-class Engine {
+class Engine final : public CommitEngine {
  public:
   // Creates (and pins) or re-adopts every configured outer map. Probes the kernel when the
   // barrier mode is kAuto. Refuses pinned maps that do not match the configuration.
   [[nodiscard]] static Result<std::unique_ptr<Engine>> open(EngineConfig config);
-  ~Engine();
+  ~Engine() override;
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
   // Creates (or adopts) outer maps added to the configuration, as open() does; all or nothing:
   // when one fails, the others of this call are forgotten and their new pins removed. Committer
   // thread only, and no build() may run meanwhile (it reads the map configurations).
-  [[nodiscard]] Status add_maps(const std::vector<OuterMapConfig>& maps);
+  [[nodiscard]] Status add_maps(const std::vector<OuterMapConfig>& maps) override;
   // Undoes add_maps() for `maps` (a reload that fails after it): forgets them and removes the
   // pins that call created; pins it adopted stay, with what their slots hold. Committer thread
   // only, no build meanwhile.
-  void forget_added_maps(const std::vector<std::string>& maps);
+  void forget_added_maps(const std::vector<std::string>& maps) override;
   // Unpins and forgets outer maps whose slots are all empty and drained (a reloaded
   // configuration no longer lists them). Programs that hold them keep them until they let go.
-  [[nodiscard]] Status remove_maps(const std::vector<std::string>& maps);
+  [[nodiscard]] Status remove_maps(const std::vector<std::string>& maps) override;
 
   [[nodiscard]] Status validate(const Generation& gen) const;
-  [[nodiscard]] Result<BuiltGeneration> build(const Generation& gen);
+  [[nodiscard]] Result<BuiltGeneration> build(const Generation& gen) override;
 
   // Commits a batch of built generations (acceptance order; later ones win per slot) behind one
   // barrier. On a kernel failure every write of the batch is undone and the error returned.
-  [[nodiscard]] Result<CommitReport> commit(std::vector<BuiltGeneration> batch);
+  [[nodiscard]] Result<CommitReport> commit(std::vector<BuiltGeneration> batch) override;
   // Convenience: build + commit one generation.
   [[nodiscard]] Result<CommitReport> push(const Generation& gen);
   // Reads out and closes every inner map that left the data plane at an earlier commit.
   // With drain_pins, their pins stay until release_drained().
-  [[nodiscard]] Result<std::vector<DrainRecord>> drain();
+  [[nodiscard]] Result<std::vector<DrainRecord>> drain() override;
   // For tests: the next explicit barrier fails with `err` (a fault the kernel cannot be made to
   // produce on demand).
   // Thread-safe (a test may call it while the committer thread commits).
   void fail_next_barrier_for_test(int err) { fail_next_barrier_ = err; }
   // Ids of drained inner maps whose pins are still there: the durable record lists them, so
   // that a restart before release_drained() does not count them twice.
-  [[nodiscard]] std::vector<uint32_t> unreleased_drains() const;
+  [[nodiscard]] std::vector<uint32_t> unreleased_drains() const override;
   // Removes the pins of drained maps (call once their totals are durable).
-  void release_drained();
+  void release_drained() override;
 
   // ---- recovery (G8); before the first commit -----------------------------------------------
   // The generation the pinned maps hold, and its label, as the durable record says.
-  void set_generation(uint64_t id, std::string label) {
+  void set_generation(uint64_t id, std::string label) override {
     std::lock_guard lock(read_mu_);
     current_ = id;
     current_label_ = std::move(label);
   }
-  void restore_drained_totals(std::map<CounterKey, uint64_t> totals) {
+  void restore_drained_totals(std::map<CounterKey, uint64_t> totals) override {
     std::lock_guard lock(read_mu_);
     drained_totals_ = std::move(totals);
   }
   // Takes up the maps a previous run left under the drain directory: pins of maps already in
   // `counted` (or still live in a slot) are removed; the others are queued for drain().
-  [[nodiscard]] Status recover_drain_pins(const std::set<uint32_t>& counted);
+  [[nodiscard]] Status recover_drain_pins(const std::set<uint32_t>& counted) override;
   // Commits `gen` as generation `id` (not as a new generation): re-creates or repairs what the
   // durable record says the data plane holds.
-  [[nodiscard]] Result<CommitReport> restore(BuiltGeneration gen, uint64_t id);
+  [[nodiscard]] Result<CommitReport> restore(BuiltGeneration gen, uint64_t id) override;
 
-  [[nodiscard]] uint64_t current_generation() const { return current_; }
-  [[nodiscard]] Strategy strategy() const { return writer_->strategy(); }
+  [[nodiscard]] uint64_t current_generation() const override { return current_; }
+  [[nodiscard]] Strategy strategy() const override { return writer_->strategy(); }
   [[nodiscard]] const kernel::KernelFacts& kernel_facts() const { return facts_; }
   [[nodiscard]] const PinPaths& pins() const { return pins_; }
-  [[nodiscard]] const MapConfigs& maps() const { return configs_; }
-  [[nodiscard]] EngineStats stats() const;
+  [[nodiscard]] const MapConfigs& maps() const override { return configs_; }
+  [[nodiscard]] const std::string& pin_dir() const override { return pins_.dir(); }
+  [[nodiscard]] const std::string& kernel_release() const override { return facts_.release; }
+  [[nodiscard]] EngineStats stats() const override;
   [[nodiscard]] size_t pending_drains() const { return pending_.size() + unsettled_.size(); }
   // Pre-created inner maps (null when EngineConfig::inner_pool is 0). Thread-safe.
   [[nodiscard]] InnerMapPool* inner_pool() const { return inner_pool_.get(); }
 
   // The data plane's view of a map: for group members, the active bank.
-  [[nodiscard]] Result<std::vector<SlotInfo>> slots(const std::string& map) const;
+  [[nodiscard]] Result<std::vector<SlotInfo>> slots(const std::string& map) const override;
   [[nodiscard]] Result<int> outer_fd(const std::string& map) const;
   // Counter sums of the inner map live in a slot; empty map when the slot is empty.
   [[nodiscard]] Result<std::map<std::string, uint64_t>> live_counters(const std::string& map,
                                                                       const Bytes& slot) const;
   // Entries of the inner map live in a slot (kNotFound when the slot is empty).
-  [[nodiscard]] Result<DrainRecord> dump_slot(const std::string& map, const Bytes& slot) const;
+  [[nodiscard]] Result<DrainRecord> dump_slot(const std::string& map,
+                                              const Bytes& slot) const override;
   // Cumulative sums drained from replaced inner maps.
-  [[nodiscard]] const std::map<CounterKey, uint64_t>& drained_totals() const {
+  [[nodiscard]] const std::map<CounterKey, uint64_t>& drained_totals() const override {
     return drained_totals_;
   }
   // ---- snapshots for readers on any thread ---------------------------------------------------
   // The generation, its label and every map, taken together.
-  [[nodiscard]] StateSnapshot state_snapshot() const;
+  [[nodiscard]] StateSnapshot state_snapshot() const override;
+  // core/reads.h over this engine's snapshots.
+  [[nodiscard]] Result<CounterReading> read_counters(const std::string& only) const override;
+  [[nodiscard]] Result<DrainRecord> read_slot(const std::string& map,
+                                              const Bytes& slot) const override;
   // The counters of `only` (every map with counter fields when empty); kNotFound for an
   // unknown map.
   [[nodiscard]] Result<CounterSnapshot> counter_snapshot(const std::string& only) const;

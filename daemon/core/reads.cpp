@@ -74,4 +74,12 @@ Result<DrainRecord> read_slot(const Engine& engine, const std::string& map, cons
   return gave_up(what);
 }
 
+Result<CounterReading> Engine::read_counters(const std::string& only) const {
+  return core::read_counters(*this, only);
+}
+
+Result<DrainRecord> Engine::read_slot(const std::string& map, const Bytes& slot) const {
+  return core::read_slot(*this, map, slot);
+}
+
 }  // namespace policyd::core

@@ -23,19 +23,6 @@ namespace policyd::core {
 
 inline constexpr size_t kReadAttempts = 8;
 
-// Counter totals of one slot: `drained`, what its replaced inner maps held (those whose drain
-// has not read them yet are read as they are); `live`, what its live inner map holds now.
-struct SlotCounters {
-  std::map<std::string, uint64_t> drained;
-  std::map<std::string, uint64_t> live;
-};
-using CounterTable = std::map<std::pair<std::string, Bytes>, SlotCounters>;
-
-struct CounterReading {
-  CounterTable table;
-  MapConfigs maps;  // the maps read
-};
-
 // The counters of `only` (every map with counter fields when empty). Each inner map is counted
 // once (G5): a map read while its drain runs is either in the drained totals or read, never both.
 [[nodiscard]] Result<CounterReading> read_counters(const Engine& engine, const std::string& only);

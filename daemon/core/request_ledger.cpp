@@ -11,6 +11,18 @@ bool RequestLedger::claim(const std::string& id, PushCallback& done) {
     ids_.emplace(id, State{});
     return true;
   }
+  if (it->second.unsettled) {
+    const std::string gen = std::to_string(it->second.result.generation);
+    Error refused{ErrorCode::kUnavailable, 0,
+                  "request id \"" + id + "\": its generation " + gen +
+                      " is live but not acknowledged yet (" + it->second.why +
+                      "); it is not committed again. Retry later: once policyd can acknowledge "
+                      "it, a retry gets generation " +
+                      gen};
+    lock.unlock();
+    done(std::move(refused));
+    return false;
+  }
   if (!it->second.done) {
     it->second.waiters.push_back(std::move(done));
     return false;
@@ -38,6 +50,32 @@ std::vector<PushCallback> RequestLedger::finish(const std::string& id,
     ids_.erase(it);  // a failed push may be retried with the same id
   }
   return waiters;
+}
+
+std::vector<PushCallback> RequestLedger::finish_unsettled(const std::string& id,
+                                                          uint64_t generation, const Error& error) {
+  if (id.empty()) return {};
+  std::lock_guard lock(mu_);
+  auto it = ids_.find(id);
+  if (it == ids_.end()) return {};
+  std::vector<PushCallback> waiters = std::move(it->second.waiters);
+  it->second.waiters.clear();
+  it->second.unsettled = true;
+  it->second.why = error.message();
+  it->second.result = PushResult{};
+  it->second.result.generation = generation;
+  return waiters;
+}
+
+void RequestLedger::settle(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto it = ids_.find(id);
+  if (it == ids_.end() || !it->second.unsettled) return;
+  it->second.unsettled = false;
+  it->second.why.clear();
+  it->second.done = true;
+  order_.push_back(id);
+  forget_oldest();
 }
 
 void RequestLedger::remember_recorded(const std::string& id, uint64_t generation) {

@@ -1,7 +1,10 @@
 // RequestLedger: what policyd remembers of request ids, so that a retried push gets the
 // original answer (and waits for it while the first is still in the pipeline). The last
 // `remembered` successful ids are kept; a failed push forgets its id, so it may be retried.
-// Thread-safe.
+// A push whose generation went live without an ack (its barrier or its record failed) is
+// neither: its id stays unsettled, retries are refused without committing it again, and once
+// the committer settles it (a later barrier waited, the record caught up) retries get its
+// generation. Thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +39,13 @@ class RequestLedger {
   // called with the result marked replayed.
   [[nodiscard]] std::vector<PushCallback> finish(const std::string& id,
                                                  const Result<PushResult>& result);
+  // Ends the push of `id` whose generation is live but not acknowledged: `waiting` (the push's
+  // own callback, then the retries that waited) get `error`; later retries get kUnavailable
+  // naming `generation` until settle(). Nothing is kept for an empty id.
+  [[nodiscard]] std::vector<PushCallback> finish_unsettled(const std::string& id,
+                                                           uint64_t generation, const Error& error);
+  // The unsettled push of `id` is acknowledgeable now: retries get its generation.
+  void settle(const std::string& id);
   // An id the durable record names (loaded newest first): retries get `generation`.
   void remember_recorded(const std::string& id, uint64_t generation);
   [[nodiscard]] size_t size() const;
@@ -43,6 +53,8 @@ class RequestLedger {
  private:
   struct State {
     bool done = false;
+    bool unsettled = false;  // live, not acknowledged: result.generation is live
+    std::string why;         // unsettled: what failed
     PushResult result;
     std::vector<PushCallback> waiters;
   };

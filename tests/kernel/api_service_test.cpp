@@ -600,7 +600,7 @@ TEST_F(ApiServiceTest, G6_ReadsAreAnsweredWhileTheCommitterIsBusy) {
   std::promise<void> release;
   std::shared_future<void> released = release.get_future().share();
   std::promise<void> holding;
-  committer_->post([released, &holding](core::Engine* /*engine*/) {
+  committer_->post([released, &holding](core::CommitEngine* /*engine*/) {
     holding.set_value();
     released.wait();
   });

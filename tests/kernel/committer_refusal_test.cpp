@@ -79,7 +79,7 @@ TEST_P(CommitterRefusalTest, G2_G8_AKernelRefusalInABatchFailsOnlyItsPushAndTheR
   std::promise<void> release;
   std::shared_future<void> released = release.get_future().share();
   std::promise<void> holding;
-  committer_->post([released, &holding](core::Engine* /*engine*/) {
+  committer_->post([released, &holding](core::CommitEngine* /*engine*/) {
     holding.set_value();
     released.wait();
   });

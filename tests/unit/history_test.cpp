@@ -117,6 +117,32 @@ TEST(RequestLedgerTest, G9_AFailedPushForgetsItsIdSoItCanBeRetried) {
   EXPECT_TRUE(ledger.claim("r", cb)) << "a failed id must run again";
 }
 
+TEST(RequestLedgerTest, G9_AnUnsettledIdRefusesRetriesUntilSettledThenReplaysItsGeneration) {
+  RequestLedger ledger(8);
+  Result<PushResult> first = PushResult{}, waiter = PushResult{}, retry = PushResult{};
+  PushCallback cb = [&](Result<PushResult> x) { first = std::move(x); };
+  PushCallback wait = [&](Result<PushResult> x) { waiter = std::move(x); };
+  ASSERT_TRUE(ledger.claim("u", cb));
+  ASSERT_FALSE(ledger.claim("u", wait)) << "in flight: the retry waits";
+  const Error live{ErrorCode::kInternal, EIO, "barrier failed"};
+  auto waiters = ledger.finish_unsettled("u", 7, live);
+  ASSERT_EQ(waiters.size(), 1u);
+  for (PushCallback& w : waiters) w(live);
+  EXPECT_FALSE(waiter.ok());
+
+  PushCallback later = [&](Result<PushResult> x) { retry = std::move(x); };
+  EXPECT_FALSE(ledger.claim("u", later)) << "an unsettled id must not run again";
+  ASSERT_FALSE(retry.ok());
+  EXPECT_EQ(retry.error().code, ErrorCode::kUnavailable);
+  EXPECT_NE(retry.error().message().find("generation 7"), std::string::npos);
+
+  ledger.settle("u");
+  EXPECT_FALSE(ledger.claim("u", later));
+  ASSERT_TRUE(retry.ok());
+  EXPECT_TRUE(retry->replayed);
+  EXPECT_EQ(retry->generation, 7u);
+}
+
 TEST(RequestLedgerTest, G6_OnlyTheLastRememberedIdsAreKept) {
   RequestLedger ledger(3);
   PushCallback cb = [](Result<PushResult>) {};
