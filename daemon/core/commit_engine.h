@@ -1,7 +1,7 @@
 // CommitEngine: what the committer needs of an engine, and nothing more. The kernel engine
 // (core/engine.h) is the one production implementation; the committer's unit tests drive the
 // committer's own logic (ordering, group commit, request ids, history, rollback, recovery) on
-// a fake behind this interface, without root (tests/unit/support/fake_engine.h).
+// a fake behind this interface, without root (tests/unit/fake_engine.h).
 //
 // Threading is the kernel engine's: build() and the readers (state_snapshot(),
 // read_counters(), read_slot()) may run on any thread; every other call belongs to the one
@@ -115,6 +115,10 @@ class CommitEngine {
   // generations current+1 .. current+batch.size(). All or nothing: on a refusal the data plane
   // and current_generation() are as before.
   [[nodiscard]] virtual Result<CommitReport> commit(std::vector<BuiltGeneration> batch) = 0;
+  // Waits one grace period without writing a slot (an explicit barrier). On success, what an
+  // earlier failed barrier held back from drain() is drained by the next drain(), as after a
+  // commit that waited.
+  [[nodiscard]] virtual Status barrier() = 0;
   // Reads out every inner map that left the data plane at an earlier commit and adds its sums
   // to drained_totals(); with drain pins, they stay listed in unreleased_drains() until
   // release_drained().

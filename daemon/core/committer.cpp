@@ -151,10 +151,10 @@ void Committer::Impl::finish(const ItemPtr& item, Result<PushResult> result) {
   }
 }
 
-void Committer::Impl::finish_unsettled(const ItemPtr& item, uint64_t generation, const Error& e,
+void Committer::Impl::finish_unsettled(const ItemPtr& item, const PushResult& live, const Error& e,
                                        Unsettled waits_for) {
   const std::string& id = item->request.request_id;
-  std::vector<PushCallback> waiters = ledger.finish_unsettled(id, generation, e);
+  std::vector<PushCallback> waiters = ledger.finish_unsettled(id, live, e);
   if (!id.empty()) {
     Unsettled& u = unsettled[id];
     u.record = u.record || waits_for.record;
@@ -411,17 +411,19 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
     e.code = ErrorCode::kInternal;  // whatever the errno: the generation is live, not refused
     e.context = "generation " + std::to_string(report->last_generation) +
                 " is live but not acknowledged: " + e.context +
-                "; the maps it replaced are drained after the next successful commit";
+                "; the maps it replaced are drained after the next successful commit (or the "
+                "barrier policyd waits when idle), and then a retry with its request id gets it";
     spdlog::error("{}", e.message());
     for (size_t i = 0; i < ok.size(); ++i) {
-      finish_unsettled(ok[i], report->first_generation + i, e, {!durable.ok(), true});
+      finish_unsettled(ok[i], result_of(*ok[i], *report, i, ok.size()), e, {!durable.ok(), true});
     }
     for_each_listener([&](EventListener& l) { l.on_committed(event); });
     drain_and_publish();
     return;
   }
-  // The barrier waited: pushes a failed barrier left unacknowledged are past a grace period.
-  settle(false, true);
+  // A commit that waited (it wrote a slot): pushes a failed barrier left unacknowledged are past
+  // a grace period. One that wrote nothing waited for nothing.
+  if (report->rounds > 0) settle(false, true);
   if (!durable.ok()) {
     // The data plane holds the batch but the record does not: no ack (G8). A restart before
     // the next successful write brings back the generation recorded before.
@@ -433,20 +435,14 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
         std::to_string(report->first_generation - 1));
     spdlog::error("{}", e.message());
     for (size_t i = 0; i < ok.size(); ++i) {
-      finish_unsettled(ok[i], report->first_generation + i, e, {true, false});
+      finish_unsettled(ok[i], result_of(*ok[i], *report, i, ok.size()), e, {true, false});
     }
     for_each_listener([&](EventListener& l) { l.on_committed(event); });
     drain_and_publish();
     return;
   }
   // G4: commit() returned after the barrier, so acking now is safe.
-  for (size_t i = 0; i < ok.size(); ++i) {
-    PushResult r;
-    r.generation = report->first_generation + i;
-    r.batch_size = static_cast<uint32_t>(ok.size());
-    if (ok[i]->rollback) r.restored = ok[i]->rollback_to;
-    finish(ok[i], r);
-  }
+  for (size_t i = 0; i < ok.size(); ++i) finish(ok[i], result_of(*ok[i], *report, i, ok.size()));
   for_each_listener([&](EventListener& l) { l.on_committed(event); });
   const double drain_ms = drain_and_publish();
   for (size_t i = 0; i < ok.size(); ++i) {
@@ -458,6 +454,16 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
         report->write_ms, report->barrier_ms, record_ms, drain_ms, ok.size());
   }
   publish_view();
+}
+
+// What the i-th of a committed batch of n gets back.
+PushResult Committer::Impl::result_of(const Item& item, const CommitReport& report, size_t i,
+                                      size_t n) {
+  PushResult r;
+  r.generation = report.first_generation + i;
+  r.batch_size = static_cast<uint32_t>(n);
+  if (item.rollback) r.restored = item.rollback_to;
+  return r;
 }
 
 // The first map a generation names that the engine no longer has, or "".
@@ -673,13 +679,22 @@ Status Committer::Impl::catch_up_record() {
   return {};
 }
 
-bool Committer::Impl::flush_pending() const {
+bool Committer::Impl::flush_pending() const { return record_pending() || barrier_pending(); }
+
+bool Committer::Impl::record_pending() const {
   return store && (drained_ids_listed || !dirty_totals.empty() || !unwritten.empty() ||
                    !engine->unreleased_drains().empty());
 }
 
-// Writes what the record lacks (drained totals and pins, a write that failed) when no commit is
-// waiting to carry it. A failing write is retried with a doubling delay (up to 5 s), so a broken
+bool Committer::Impl::barrier_pending() const {
+  return std::any_of(unsettled.begin(), unsettled.end(),
+                     [](const auto& u) { return u.second.barrier; });
+}
+
+// What a commit would have carried, when no commit is waiting to: an explicit barrier for
+// pushes a failed barrier left unacknowledged (their retries wait for it, and so does the drain
+// of what they replaced), and what the record lacks (drained totals and pins, a write that
+// failed). A failing barrier or write is retried with a doubling delay (up to 5 s), so a broken
 // disk logs a few lines, not a flood.
 void Committer::Impl::flush_idle() {
   if (!flush_pending()) return;
@@ -687,16 +702,29 @@ void Committer::Impl::flush_idle() {
     std::lock_guard lock(mu);
     if (!built.empty() || !accepted.empty()) return;
   }
-  RecordUpdate up;
-  add_drain_state(up);
-  Status st = write_with_unwritten(up);
-  if (!st.ok()) {
-    spdlog::error("{}", st.error().message());
-    flush_delay = std::min(flush_delay * 2, std::chrono::milliseconds(5000));
-    return;
+  bool failed = false;
+  if (barrier_pending()) {
+    Status waited = engine->barrier();
+    if (waited.ok()) {
+      settle(false, true);
+      drain_and_publish();  // what the failed barrier held back
+    } else {
+      spdlog::error("{}", waited.error().wrap("settle unacknowledged generations").message());
+      failed = true;
+    }
   }
-  flush_delay = kFlushDelay;
-  written();
+  if (record_pending()) {
+    RecordUpdate up;
+    add_drain_state(up);
+    Status st = write_with_unwritten(up);
+    if (st.ok()) {
+      written();
+    } else {
+      spdlog::error("{}", st.error().message());
+      failed = true;
+    }
+  }
+  flush_delay = failed ? std::min(flush_delay * 2, std::chrono::milliseconds(5000)) : kFlushDelay;
 }
 
 // ---- events and the view ------------------------------------------------------------------

@@ -108,8 +108,9 @@ struct Committer::Impl {
   void enqueue(ItemPtr item);
   void finish(const ItemPtr& item, Result<PushResult> result);
   // Ends an item whose generation is live but not acknowledged, with `e`.
-  void finish_unsettled(const ItemPtr& item, uint64_t generation, const Error& e,
+  void finish_unsettled(const ItemPtr& item, const PushResult& live, const Error& e,
                         Unsettled waits_for);
+  static PushResult result_of(const Item& item, const CommitReport& report, size_t i, size_t n);
   // A record write or a barrier succeeded: the unsettled pushes that waited only for it settle.
   void settle(bool record_written, bool barrier_waited);
   void builder_loop();
@@ -135,7 +136,9 @@ struct Committer::Impl {
   Status write_with_unwritten(const RecordUpdate& update);
   void written();
   [[nodiscard]] Status catch_up_record();
-  [[nodiscard]] bool flush_pending() const;
+  [[nodiscard]] bool flush_pending() const;    // either of:
+  [[nodiscard]] bool record_pending() const;   // the record lacks something
+  [[nodiscard]] bool barrier_pending() const;  // an unsettled push waits for a barrier
   void flush_idle();
 
   // committer_recovery.cpp: start-up (G8).

@@ -784,6 +784,14 @@ std::vector<uint32_t> Engine::unreleased_drains() const {
   return ids;
 }
 
+Status Engine::barrier() {
+  POLICYD_TRY(writer_->barrier());
+  std::lock_guard lock(read_mu_);
+  pending_.insert(pending_.end(), unsettled_.begin(), unsettled_.end());
+  unsettled_.clear();
+  return {};
+}
+
 void Engine::release_drained() {
   for (const InnerRef& inner : drained_) {
     Status st = kernel::unpin(inner->drain_pin);

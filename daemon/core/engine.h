@@ -87,6 +87,7 @@ class Engine final : public CommitEngine {
   // Commits a batch of built generations (acceptance order; later ones win per slot) behind one
   // barrier. On a kernel failure every write of the batch is undone and the error returned.
   [[nodiscard]] Result<CommitReport> commit(std::vector<BuiltGeneration> batch) override;
+  [[nodiscard]] Status barrier() override;
   // Convenience: build + commit one generation.
   [[nodiscard]] Result<CommitReport> push(const Generation& gen);
   // Reads out and closes every inner map that left the data plane at an earlier commit.

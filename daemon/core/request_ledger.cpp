@@ -53,7 +53,8 @@ std::vector<PushCallback> RequestLedger::finish(const std::string& id,
 }
 
 std::vector<PushCallback> RequestLedger::finish_unsettled(const std::string& id,
-                                                          uint64_t generation, const Error& error) {
+                                                          const PushResult& live,
+                                                          const Error& error) {
   if (id.empty()) return {};
   std::lock_guard lock(mu_);
   auto it = ids_.find(id);
@@ -62,8 +63,7 @@ std::vector<PushCallback> RequestLedger::finish_unsettled(const std::string& id,
   it->second.waiters.clear();
   it->second.unsettled = true;
   it->second.why = error.message();
-  it->second.result = PushResult{};
-  it->second.result.generation = generation;
+  it->second.result = live;
   return waiters;
 }
 

@@ -39,11 +39,13 @@ class RequestLedger {
   // called with the result marked replayed.
   [[nodiscard]] std::vector<PushCallback> finish(const std::string& id,
                                                  const Result<PushResult>& result);
-  // Ends the push of `id` whose generation is live but not acknowledged: `waiting` (the push's
-  // own callback, then the retries that waited) get `error`; later retries get kUnavailable
-  // naming `generation` until settle(). Nothing is kept for an empty id.
+  // Ends the push of `id` whose generation is live but not acknowledged: returns the retries
+  // that waited for it, each to be called with `error` (as the push itself). Later retries get
+  // kUnavailable naming `live.generation` until settle(), then `live`, marked replayed.
+  // Nothing is kept for an empty id.
   [[nodiscard]] std::vector<PushCallback> finish_unsettled(const std::string& id,
-                                                           uint64_t generation, const Error& error);
+                                                           const PushResult& live,
+                                                           const Error& error);
   // The unsettled push of `id` is acknowledgeable now: retries get its generation.
   void settle(const std::string& id);
   // An id the durable record names (loaded newest first): retries get `generation`.

@@ -111,13 +111,9 @@ using test::SkelPtr;
 SkelPtr load_counter_program(const std::string& acl_pin) {
   auto acl = kernel::open_pinned(acl_pin);
   if (!acl.ok()) die(acl.error().message());
-  SkelPtr skel(test_progs__open());
-  if (!skel) die("open test_progs");
-  if (bpf_map__reuse_fd(skel->maps.arr_lpm, acl->get()) != 0) die("reuse the pinned acl");
-  if (test_progs__load(skel.get()) != 0) die("load test_progs");
-  skel->bss->slot = kCountedSlot;
-  const uint8_t addr[4] = {10, 1, 2, 3};
-  std::memcpy(&skel->bss->lpm_addr, addr, 4);
+  std::string error;
+  SkelPtr skel = test::load_counting_acl(acl->get(), kCountedSlot, error);
+  if (!skel) die(error);
   return skel;
 }
 

@@ -49,13 +49,9 @@ class DurabilityTest : public DaemonTest {
     auto acl = kernel::open_pinned(pin("acl"));
     EXPECT_TRUE(acl.ok()) << acl.error().message();
     if (!acl.ok()) return nullptr;
-    SkelPtr skel(test_progs__open());
-    if (!skel) return nullptr;
-    if (bpf_map__reuse_fd(skel->maps.arr_lpm, acl->get()) != 0) return nullptr;
-    if (test_progs__load(skel.get()) != 0) return nullptr;
-    skel->bss->slot = kSlot;
-    const uint8_t addr[4] = {10, 1, 2, 3};
-    std::memcpy(&skel->bss->lpm_addr, addr, 4);
+    std::string error;
+    SkelPtr skel = test::load_counting_acl(acl->get(), kSlot, error);
+    EXPECT_TRUE(skel) << error;
     return skel;
   }
 

@@ -340,6 +340,36 @@ TEST_P(EngineGroupTest, G4_G7_APushWhoseBarrierFailedIsNotAcknowledged) {
   committer.stop();
 }
 
+// With no later push, the idle committer waits an explicit barrier of its own: the retry of the
+// unacknowledged push then gets its generation (not a second commit), and what it replaced is
+// drained.
+TEST_P(EngineGroupTest, G4_G7_G9_AnIdleCommitterSettlesAFailedBarrierAndReplaysItsRetry) {
+  core::Engine* engine = engine_.get();
+  core::Committer committer(std::move(engine_), core::CommitterOptions{8});
+  auto push = [&](core::Generation gen, std::string id) {
+    std::promise<Result<core::PushResult>> done;
+    committer.push(core::PushRequest{std::move(gen), 0, std::move(id)},
+                   [&](Result<core::PushResult> r) { done.set_value(std::move(r)); });
+    return done.get_future().get();
+  };
+  ASSERT_TRUE(push(both(1), "r1").ok());
+  engine->fail_next_barrier_for_test(EIO);
+  ASSERT_FALSE(push(both(2), "r2").ok());
+  Result<core::PushResult> retry = Error{};
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < deadline) {
+    retry = push(both(2), "r2");
+    if (retry.ok()) break;
+    EXPECT_EQ(retry.error().code, ErrorCode::kUnavailable) << retry.error().message();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(retry.ok()) << retry.error().message();
+  EXPECT_TRUE(retry->replayed);
+  EXPECT_EQ(retry->generation, 2u);
+  EXPECT_EQ(committer.view()->generation, 2u) << "the retry committed again";
+  committer.stop();
+}
+
 std::string param_name(const ::testing::TestParamInfo<BarrierMode>& info) {
   return strategy_name(info.param);
 }

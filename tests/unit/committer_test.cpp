@@ -203,6 +203,7 @@ TEST_F(CommitterLogicTest, G9_AFailedPushForgetsItsRequestIdSoItsRetryCommits) {
 }
 
 TEST_F(CommitterLogicTest, G4_G9_APushLiveWithoutAnAckIsNeverCommittedTwiceByItsRetry) {
+  fake_->refuse_barriers(true);  // the idle path's explicit barrier cannot settle it meanwhile
   fake_->fail_next_barrier(Error{ErrorCode::kInternal, EIO, "explicit barrier"});
   Result<PushResult> unacked = push(*committer_, request("g", {put("acl", 0, 1)}, "req-g"));
   ASSERT_FALSE(unacked.ok());
@@ -219,12 +220,42 @@ TEST_F(CommitterLogicTest, G4_G9_APushLiveWithoutAnAckIsNeverCommittedTwiceByIts
       << early.error().message();
   EXPECT_EQ(fake_->calls().size(), 1u);
 
-  // Another push's barrier waits: generation 1 is past a grace period now.
+  // A push that writes no slot (it deletes an empty one) waits for no grace period.
+  ASSERT_TRUE(push(*committer_, request("noop", {del("acl", 9)})).ok());
+  Result<PushResult> still = push(*committer_, request("g", {put("acl", 0, 1)}, "req-g"));
+  ASSERT_FALSE(still.ok());
+  EXPECT_EQ(still.error().code, ErrorCode::kUnavailable);
+
+  // Another push writes a slot, so its barrier waits: generation 1 is past a grace period now.
   ASSERT_TRUE(push(*committer_, request("h", {put("acl", 1, 2)})).ok());
   Result<PushResult> settled = push(*committer_, request("g", {put("acl", 0, 1)}, "req-g"));
   ASSERT_TRUE(settled.ok()) << settled.error().message();
   EXPECT_TRUE(settled->replayed);
   EXPECT_EQ(settled->generation, 1u);
+  EXPECT_EQ(settled->batch_size, 1u);
+  EXPECT_EQ(fake_->calls().size(), 3u);
+}
+
+TEST_F(CommitterLogicTest, G4_G9_AnIdleCommitterSettlesAnUnacknowledgedPushWithABarrier) {
+  ASSERT_TRUE(push(*committer_, request("base", {put("acl", 0, 1)})).ok());
+  fake_->refuse_barriers(true);
+  fake_->fail_next_barrier(Error{ErrorCode::kInternal, EIO, "explicit barrier"});
+  ASSERT_FALSE(push(*committer_, request("g", {put("acl", 0, 2)}, "req-g")).ok());
+  EXPECT_EQ(fake_->drained(), 0u) << "what the unacknowledged push replaced is held back";
+  Result<PushResult> early = push(*committer_, request("g", {put("acl", 0, 2)}, "req-g"));
+  ASSERT_FALSE(early.ok());
+
+  // No other push comes: the idle committer's explicit barrier settles it.
+  fake_->refuse_barriers(false);
+  Result<PushResult> settled = early;
+  ASSERT_TRUE(eventually([&] {
+    settled = push(*committer_, request("g", {put("acl", 0, 2)}, "req-g"));
+    return settled.ok();
+  })) << settled.error().message();
+  EXPECT_TRUE(settled->replayed);
+  EXPECT_EQ(settled->generation, 2u);
+  EXPECT_GE(fake_->barriers(), 1u);
+  EXPECT_EQ(fake_->drained(), 1u) << "and what it replaced is drained after that barrier";
   EXPECT_EQ(fake_->calls().size(), 2u);
 }
 
@@ -315,6 +346,8 @@ TEST_F(CommitterLogicTest, G4_StopFinishesEveryAcceptedPushAndRefusesLaterOnes) 
   auto results = queue_behind_a_busy_committer(
       {request("a", {put("acl", 0, 1)}), request("b", {put("acl", 1, 2)})});
   std::thread stopper([&] { committer_->stop(); });
+  ASSERT_TRUE(eventually([&] { return !committer_->state_snapshot().ok(); }))
+      << "stop() refuses new work at once, before the busy commit ends";
   fake_->open_gate();
   stopper.join();
   EXPECT_TRUE(busy_.get().ok());
@@ -491,6 +524,58 @@ TEST_F(CommitterRecoveryTest, G8_G9_APushWhoseRecordFailedIsRetriedWithoutASecon
   start(plane_);
   EXPECT_EQ(committer_->view()->generation, 1u) << "the record holds generation 1";
   EXPECT_TRUE(fake_->calls().empty());
+}
+
+TEST_F(CommitterRecoveryTest, G4_G8_G9_APushWhoseBarrierAndRecordBothFailedSettlesOnlyOnBoth) {
+  start(plane_);
+  fake_->refuse_barriers(true);
+  fake_->fail_next_barrier(Error{ErrorCode::kInternal, EIO, "explicit barrier"});
+  {
+    auto db = SqliteDb::open(dir_ + "/state.db", false);
+    ASSERT_TRUE(db.ok()) << db.error().message();
+    ASSERT_TRUE((*db)->exec("BEGIN IMMEDIATE").ok());
+    ASSERT_FALSE(push(*committer_, request("one", {put("acl", 0, 1)}, "r1")).ok());
+    ASSERT_TRUE((*db)->exec("ROLLBACK").ok());
+  }
+  // The record can catch up now, but no barrier has waited: retries stay refused.
+  for (int i = 0; i < 10; ++i) {
+    Result<PushResult> r = push(*committer_, request("one", {put("acl", 0, 1)}, "r1"));
+    ASSERT_FALSE(r.ok()) << "retry " << i;
+    EXPECT_EQ(r.error().code, ErrorCode::kUnavailable);
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  fake_->refuse_barriers(false);
+  Result<PushResult> settled = Error{};
+  ASSERT_TRUE(eventually([&] {
+    settled = push(*committer_, request("one", {put("acl", 0, 1)}, "r1"));
+    return settled.ok();
+  })) << settled.error().message();
+  EXPECT_EQ(settled->generation, 1u);
+  EXPECT_EQ(fake_->calls().size(), 1u);
+  committer_.reset();
+  start(plane_);
+  EXPECT_EQ(committer_->view()->generation, 1u) << "the record caught up";
+}
+
+TEST_F(CommitterRecoveryTest,
+       G8_G9_ARestartBeforeTheRecordCaughtUpForgetsThePushSoItsRetryCommits) {
+  start(plane_);
+  {
+    auto db = SqliteDb::open(dir_ + "/state.db", false);
+    ASSERT_TRUE(db.ok()) << db.error().message();
+    ASSERT_TRUE((*db)->exec("BEGIN IMMEDIATE").ok());
+    ASSERT_FALSE(push(*committer_, request("one", {put("acl", 0, 1)}, "r1")).ok());
+    committer_.reset();  // stops while the lock is held: its last flush fails too
+    ASSERT_TRUE((*db)->exec("ROLLBACK").ok());
+  }
+  // The record still holds generation 0: the restart takes the unrecorded slot back out.
+  start(plane_);
+  EXPECT_EQ(committer_->view()->generation, 0u);
+  EXPECT_FALSE(fake_->live("acl", slot(0)));
+  Result<PushResult> retry = push(*committer_, request("one", {put("acl", 0, 1)}, "r1"));
+  ASSERT_TRUE(retry.ok()) << retry.error().message();
+  EXPECT_FALSE(retry->replayed);
+  EXPECT_EQ(retry->generation, 1u);
 }
 
 }  // namespace

@@ -48,6 +48,11 @@ void FakeEngine::fail_next_barrier(Error error) {
   fail_barrier_ = std::move(error);
 }
 
+void FakeEngine::refuse_barriers(bool refuse) {
+  std::lock_guard lock(mu_);
+  refuse_barriers_ = refuse;
+}
+
 void FakeEngine::add_hits(const std::string& map, const Bytes& slot, const std::string& field,
                           uint64_t n) {
   std::lock_guard lock(mu_);
@@ -76,6 +81,16 @@ std::optional<FakeInner> FakeEngine::live(const std::string& map, const Bytes& s
 size_t FakeEngine::live_count() const {
   std::lock_guard lock(mu_);
   return plane_->slots.size();
+}
+
+size_t FakeEngine::barriers() const {
+  std::lock_guard lock(mu_);
+  return barriers_;
+}
+
+size_t FakeEngine::drained() const {
+  std::lock_guard lock(mu_);
+  return stats_.drained_maps;
 }
 
 // ---- maps ----------------------------------------------------------------------------------
@@ -150,6 +165,11 @@ Result<CommitReport> FakeEngine::commit(std::vector<BuiltGeneration> batch) {
   for (const std::string& label : call.labels) {
     if (auto it = refused_labels_.find(label); it != refused_labels_.end()) {
       call.refused = true;
+      for (const BuiltGeneration& b : batch) {
+        for (const BuiltChange& c : b.changes) {
+          if (c.inner) built_.erase(c.inner->id);  // the kernel engine closes them
+        }
+      }
       calls_.push_back(std::move(call));
       ++stats_.failed_commits;
       return it->second;
@@ -158,6 +178,15 @@ Result<CommitReport> FakeEngine::commit(std::vector<BuiltGeneration> batch) {
   const uint64_t first = current_ + 1;
   lock.unlock();
   return apply(std::move(batch), first, std::move(call));
+}
+
+Status FakeEngine::barrier() {
+  std::lock_guard lock(mu_);
+  if (refuse_barriers_) return Error{ErrorCode::kInternal, EAGAIN, "explicit barrier (refused)"};
+  ++barriers_;
+  pending_.insert(pending_.end(), held_.begin(), held_.end());
+  held_.clear();
+  return {};
 }
 
 Result<CommitReport> FakeEngine::restore(BuiltGeneration gen, uint64_t id) {
@@ -177,18 +206,18 @@ Result<CommitReport> FakeEngine::apply(std::vector<BuiltGeneration> batch, uint6
   CommitReport report;
   report.first_generation = first_id;
   report.last_generation = first_id + batch.size() - 1;
-  report.rounds = 1;
   std::map<Key, bool> touched;
+  std::vector<Pending> leaving;
   for (size_t i = 0; i < batch.size(); ++i) {
     for (BuiltChange& c : batch[i].changes) {
       Key key{c.map, c.slot};
       call.changes.push_back(c);
       auto live = plane_->slots.find(key);
       if (live != plane_->slots.end() && !touched.count(key)) {
-        pending_.push_back({c.map, c.slot, std::move(live->second), first_id + i});
+        leaving.push_back({c.map, c.slot, std::move(live->second), first_id + i});
       }
+      if (live != plane_->slots.end() || c.inner) touched[key] = true;  // a slot write
       if (live != plane_->slots.end()) plane_->slots.erase(live);
-      touched[key] = true;
       if (c.inner) {
         FakeInner inner = std::move(built_.at(c.inner->id));
         built_.erase(c.inner->id);
@@ -198,6 +227,9 @@ Result<CommitReport> FakeEngine::apply(std::vector<BuiltGeneration> batch, uint6
     }
   }
   report.slots_written = touched.size();
+  // A slot write waits a grace period; a batch that changes nothing (deletes of empty slots)
+  // waits for none.
+  report.rounds = touched.empty() ? 0 : 1;
   current_ = report.last_generation;
   label_ = batch.empty() ? label_ : batch.back().label;
   ++stats_.commits;
@@ -205,6 +237,13 @@ Result<CommitReport> FakeEngine::apply(std::vector<BuiltGeneration> batch, uint6
   if (fail_barrier_) {
     report.barrier_failed = std::move(fail_barrier_);
     fail_barrier_.reset();
+    held_.insert(held_.end(), leaving.begin(), leaving.end());
+  } else {
+    if (report.rounds > 0) {
+      pending_.insert(pending_.end(), held_.begin(), held_.end());
+      held_.clear();
+    }
+    pending_.insert(pending_.end(), leaving.begin(), leaving.end());
   }
   calls_.push_back(std::move(call));
   return report;
@@ -335,8 +374,13 @@ Result<CounterReading> FakeEngine::read_counters(const std::string& only) const 
   for (const auto& [key, total] : drained_totals_) {
     if (only.empty() || key.map == only) out.table[{key.map, key.slot}].drained[key.field] += total;
   }
-  for (const Pending& p : pending_) {
-    for (const auto& [field, n] : p.inner.counters) out.table[{p.map, p.slot}].drained[field] += n;
+  for (const auto* list : {&pending_, &held_}) {
+    for (const Pending& p : *list) {
+      if (!only.empty() && p.map != only) continue;
+      for (const auto& [field, n] : p.inner.counters) {
+        out.table[{p.map, p.slot}].drained[field] += n;
+      }
+    }
   }
   for (const auto& [key, inner] : plane_->slots) {
     if (!only.empty() && key.first != only) continue;

@@ -61,8 +61,11 @@ class FakeEngine final : public CommitEngine {
   void refuse_label(std::string label, Error error);
   // The build of a generation labelled `label` fails with `error`.
   void fail_build_of(std::string label, Error error);
-  // The next commit succeeds but reports its barrier failed (the batch is live, unacked).
+  // The next commit succeeds but reports its barrier failed (the batch is live, unacked); what
+  // it replaced is held back from drain() until a commit that writes a slot, or barrier().
   void fail_next_barrier(Error error);
+  // While refused, barrier() fails with EAGAIN.
+  void refuse_barriers(bool refuse);
   // Programs counted `n` in the live inner map of a slot.
   void add_hits(const std::string& map, const Bytes& slot, const std::string& field, uint64_t n);
 
@@ -79,6 +82,8 @@ class FakeEngine final : public CommitEngine {
   // The live inner map of a slot, if any.
   [[nodiscard]] std::optional<FakeInner> live(const std::string& map, const Bytes& slot) const;
   [[nodiscard]] size_t live_count() const;
+  [[nodiscard]] size_t barriers() const;  // barrier() calls that succeeded
+  [[nodiscard]] size_t drained() const;   // inner maps drain() read
 
   // ---- CommitEngine ----------------------------------------------------------------------
   [[nodiscard]] const MapConfigs& maps() const override { return configs_; }
@@ -90,6 +95,7 @@ class FakeEngine final : public CommitEngine {
   [[nodiscard]] Status remove_maps(const std::vector<std::string>& maps) override;
   [[nodiscard]] Result<BuiltGeneration> build(const Generation& gen) override;
   [[nodiscard]] Result<CommitReport> commit(std::vector<BuiltGeneration> batch) override;
+  [[nodiscard]] Status barrier() override;
   [[nodiscard]] Result<std::vector<DrainRecord>> drain() override;
   [[nodiscard]] std::vector<uint32_t> unreleased_drains() const override;
   void release_drained() override;
@@ -128,6 +134,8 @@ class FakeEngine final : public CommitEngine {
   std::map<std::string, Error> refused_labels_;
   std::map<std::string, Error> failed_builds_;
   std::optional<Error> fail_barrier_;
+  bool refuse_barriers_ = false;
+  size_t barriers_ = 0;
   std::map<uint32_t, FakeInner> built_;  // built, not installed yet
   struct Pending {
     std::string map;
@@ -136,6 +144,7 @@ class FakeEngine final : public CommitEngine {
     uint64_t replaced_by = 0;
   };
   std::vector<Pending> pending_;  // replaced, not drained yet
+  std::vector<Pending> held_;     // replaced under a failed barrier: not drained until one waits
   std::map<CounterKey, uint64_t> drained_totals_;
   uint64_t current_ = 0;
   std::string label_;

@@ -125,7 +125,11 @@ TEST(RequestLedgerTest, G9_AnUnsettledIdRefusesRetriesUntilSettledThenReplaysIts
   ASSERT_TRUE(ledger.claim("u", cb));
   ASSERT_FALSE(ledger.claim("u", wait)) << "in flight: the retry waits";
   const Error live{ErrorCode::kInternal, EIO, "barrier failed"};
-  auto waiters = ledger.finish_unsettled("u", 7, live);
+  PushResult result;
+  result.generation = 7;
+  result.batch_size = 3;
+  result.restored = 5;  // a rollback's
+  auto waiters = ledger.finish_unsettled("u", result, live);
   ASSERT_EQ(waiters.size(), 1u);
   for (PushCallback& w : waiters) w(live);
   EXPECT_FALSE(waiter.ok());
@@ -141,6 +145,8 @@ TEST(RequestLedgerTest, G9_AnUnsettledIdRefusesRetriesUntilSettledThenReplaysIts
   ASSERT_TRUE(retry.ok());
   EXPECT_TRUE(retry->replayed);
   EXPECT_EQ(retry->generation, 7u);
+  EXPECT_EQ(retry->batch_size, 3u);
+  EXPECT_EQ(retry->restored, 5u);
 }
 
 TEST(RequestLedgerTest, G6_OnlyTheLastRememberedIdsAreKept) {
