@@ -684,10 +684,7 @@ Result<CommitReport> Engine::commit(std::vector<BuiltGeneration> batch) {
   std::lock_guard lock(read_mu_);
   std::vector<PendingDrain>& leaving = report.barrier_failed ? unsettled_ : pending_;
   const bool waited = writer_->stats().rounds + writer_->stats().barriers > rounds_before;
-  if (!report.barrier_failed && waited && !unsettled_.empty()) {
-    pending_.insert(pending_.end(), unsettled_.begin(), unsettled_.end());
-    unsettled_.clear();
-  }
+  if (!report.barrier_failed && waited) release_unsettled();
   for (Plan::Record& r : plan.records) {
     set_slot(r.outer->slots[r.bank], r.slot, r.next);
     if (!r.outer->group && r.prev) leaving.push_back({r.prev, r.generation});
@@ -787,9 +784,13 @@ std::vector<uint32_t> Engine::unreleased_drains() const {
 Status Engine::barrier() {
   POLICYD_TRY(writer_->barrier());
   std::lock_guard lock(read_mu_);
+  release_unsettled();
+  return {};
+}
+
+void Engine::release_unsettled() {
   pending_.insert(pending_.end(), unsettled_.begin(), unsettled_.end());
   unsettled_.clear();
-  return {};
 }
 
 void Engine::release_drained() {

@@ -195,6 +195,9 @@ class Engine final : public CommitEngine {
   Status pin_for_drain(InnerMap& inner);
   Status undo(Plan& plan, const RoundResult& round);
   Status flip_groups(Plan& plan);
+  // A grace period has passed since the failed barrier that held unsettled_ back: it goes to
+  // pending_ (drained next). read_mu_ held.
+  void release_unsettled();
 
   EngineConfig config_;
   kernel::KernelFacts facts_;

@@ -359,6 +359,40 @@ TEST_F(CommitterLogicTest, G4_StopFinishesEveryAcceptedPushAndRefusesLaterOnes) 
 
 // ---- recovery (G8), on a real record ----------------------------------------------------------
 
+// Another connection holding the record's write lock (BEGIN IMMEDIATE): while it holds it past
+// the store's busy timeout (500 ms), the record's writes fail, as on a broken disk.
+class RecordWriteLock {
+ public:
+  explicit RecordWriteLock(const std::string& db_path) {
+    auto db = SqliteDb::open(db_path, false);
+    if (!db.ok()) {
+      error_ = db.error().message();
+      return;
+    }
+    if (Status st = (*db)->exec("BEGIN IMMEDIATE"); !st.ok()) {
+      error_ = st.error().message();
+      return;
+    }
+    db_ = std::move(db).value();
+  }
+  ~RecordWriteLock() { release(); }
+  RecordWriteLock(const RecordWriteLock&) = delete;
+  RecordWriteLock& operator=(const RecordWriteLock&) = delete;
+
+  [[nodiscard]] bool held() const { return db_ != nullptr; }
+  [[nodiscard]] const std::string& error() const { return error_; }
+  // Rolls back and closes the connection: the record can be written again.
+  void release() {
+    if (!db_) return;
+    EXPECT_TRUE(db_->exec("ROLLBACK").ok());
+    db_.reset();
+  }
+
+ private:
+  std::unique_ptr<SqliteDb> db_;
+  std::string error_;
+};
+
 class CommitterRecoveryTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -495,10 +529,8 @@ TEST_F(CommitterRecoveryTest, G5_G8_DrainedTotalsAreRecordedAndComeBackAfterARes
 
 TEST_F(CommitterRecoveryTest, G8_G9_APushWhoseRecordFailedIsRetriedWithoutASecondCommit) {
   start(plane_);
-  // Another connection holds the write lock past the record's busy timeout: the write fails.
-  auto db = SqliteDb::open(dir_ + "/state.db", false);
-  ASSERT_TRUE(db.ok()) << db.error().message();
-  ASSERT_TRUE((*db)->exec("BEGIN IMMEDIATE").ok());
+  RecordWriteLock lock(dir_ + "/state.db");
+  ASSERT_TRUE(lock.held()) << lock.error();
   Result<PushResult> unrecorded = push(*committer_, request("one", {put("acl", 0, 1)}, "r1"));
   ASSERT_FALSE(unrecorded.ok());
   EXPECT_NE(unrecorded.error().message().find("generation 1 is live but could not be recorded"),
@@ -509,8 +541,7 @@ TEST_F(CommitterRecoveryTest, G8_G9_APushWhoseRecordFailedIsRetriedWithoutASecon
   EXPECT_EQ(early.error().code, ErrorCode::kUnavailable);
   EXPECT_EQ(fake_->calls().size(), 1u);
 
-  ASSERT_TRUE((*db)->exec("ROLLBACK").ok());
-  db = Error{ErrorCode::kUnavailable, 0, "closed"};
+  lock.release();
   // The idle flush writes the record that failed; the retry then gets generation 1.
   Result<PushResult> settled = early;
   ASSERT_TRUE(eventually([&] {
@@ -531,11 +562,9 @@ TEST_F(CommitterRecoveryTest, G4_G8_G9_APushWhoseBarrierAndRecordBothFailedSettl
   fake_->refuse_barriers(true);
   fake_->fail_next_barrier(Error{ErrorCode::kInternal, EIO, "explicit barrier"});
   {
-    auto db = SqliteDb::open(dir_ + "/state.db", false);
-    ASSERT_TRUE(db.ok()) << db.error().message();
-    ASSERT_TRUE((*db)->exec("BEGIN IMMEDIATE").ok());
+    RecordWriteLock lock(dir_ + "/state.db");
+    ASSERT_TRUE(lock.held()) << lock.error();
     ASSERT_FALSE(push(*committer_, request("one", {put("acl", 0, 1)}, "r1")).ok());
-    ASSERT_TRUE((*db)->exec("ROLLBACK").ok());
   }
   // The record can catch up now, but no barrier has waited: retries stay refused.
   for (int i = 0; i < 10; ++i) {
@@ -561,12 +590,10 @@ TEST_F(CommitterRecoveryTest,
        G8_G9_ARestartBeforeTheRecordCaughtUpForgetsThePushSoItsRetryCommits) {
   start(plane_);
   {
-    auto db = SqliteDb::open(dir_ + "/state.db", false);
-    ASSERT_TRUE(db.ok()) << db.error().message();
-    ASSERT_TRUE((*db)->exec("BEGIN IMMEDIATE").ok());
+    RecordWriteLock lock(dir_ + "/state.db");
+    ASSERT_TRUE(lock.held()) << lock.error();
     ASSERT_FALSE(push(*committer_, request("one", {put("acl", 0, 1)}, "r1")).ok());
     committer_.reset();  // stops while the lock is held: its last flush fails too
-    ASSERT_TRUE((*db)->exec("ROLLBACK").ok());
   }
   // The record still holds generation 0: the restart takes the unrecorded slot back out.
   start(plane_);
