@@ -15,6 +15,8 @@
 #include <map>
 #include <set>
 
+#include <spdlog/spdlog.h>
+
 #include "core/sqlite_db.h"
 #include "core/state_v1.h"
 #include "util/fs.h"
@@ -22,8 +24,11 @@
 namespace policyd::core {
 namespace {
 
-// PRAGMA user_version of a policyd database: the layout of the tables below.
-constexpr int kFormat = 2;
+// PRAGMA user_version of a policyd database: the layout of the tables below. Format 2 had three
+// more indexes (on the digest columns of slots and generation_slots), which the reference
+// counts in memory replace; it is upgraded in place by dropping them.
+constexpr int kFormat = 3;
+constexpr int kFormatWithDigestIndexes = 2;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) STRICT;
@@ -33,15 +38,12 @@ CREATE TABLE contents(
 CREATE TABLE slots(
   map TEXT NOT NULL, slot BLOB NOT NULL, contents BLOB NOT NULL, inner_id INTEGER NOT NULL,
   PRIMARY KEY(map, slot)) STRICT, WITHOUT ROWID;
-CREATE INDEX slots_by_contents ON slots(contents);
 CREATE TABLE generations(
   id INTEGER PRIMARY KEY, label TEXT NOT NULL, committed_unix_ms INTEGER NOT NULL,
   changes INTEGER NOT NULL, entries INTEGER NOT NULL, request_id TEXT NOT NULL) STRICT;
 CREATE TABLE generation_slots(
   generation INTEGER NOT NULL, map TEXT NOT NULL, slot BLOB NOT NULL, contents BLOB,
   previous BLOB, PRIMARY KEY(generation, map, slot)) STRICT, WITHOUT ROWID;
-CREATE INDEX generation_slots_by_contents ON generation_slots(contents);
-CREATE INDEX generation_slots_by_previous ON generation_slots(previous);
 CREATE TABLE drained(
   map TEXT NOT NULL, slot BLOB NOT NULL, field TEXT NOT NULL, total INTEGER NOT NULL,
   PRIMARY KEY(map, slot, field)) STRICT, WITHOUT ROWID;
@@ -158,10 +160,19 @@ struct StateStore::Statements {
   SqliteStmt digests_from, delete_slots_from, delete_generations_from;
   SqliteStmt digests_before, delete_slots_before, delete_generations_before;
   SqliteStmt put_total, clear_drained_ids, put_drained_id;
-  SqliteStmt collect;
+  SqliteStmt delete_contents;
 };
 
 namespace {
+
+// Format 2 -> 3, in one transaction: the tables are the same, three indexes go.
+Status upgrade_from_format_2(SqliteDb& db) {
+  return db.exec(
+      "BEGIN IMMEDIATE; DROP INDEX IF EXISTS slots_by_contents; "
+      "DROP INDEX IF EXISTS generation_slots_by_contents; "
+      "DROP INDEX IF EXISTS generation_slots_by_previous; PRAGMA user_version = " +
+      std::to_string(kFormat) + "; COMMIT");
+}
 
 Status create_schema(SqliteDb& db) {
   POLICYD_TRY(db.exec(kSchema));
@@ -339,6 +350,15 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
   if (!check.ok()) return damaged(db_path, check.error().message());
   if (*check != "ok") return damaged(db_path, "PRAGMA integrity_check says: " + *check);
   Result<std::string> format = db->query_text("PRAGMA user_version");
+  if (format.ok() && *format == std::to_string(kFormatWithDigestIndexes)) {
+    if (Status up = upgrade_from_format_2(*db); !up.ok())
+      return damaged(db_path, up.error().message());
+    spdlog::info(
+        "state database {}: upgraded from format {} to {} (dropped the indexes on "
+        "digest columns)",
+        db_path, kFormatWithDigestIndexes, kFormat);
+    format = std::to_string(kFormat);
+  }
   if (!format.ok() || *format != std::to_string(kFormat)) {
     return damaged(db_path, "format " + (format.ok() ? *format : format.error().message()) +
                                 ", this policyd reads format " + std::to_string(kFormat));
@@ -368,7 +388,7 @@ Status StateStore::prepare() {
        "INSERT OR REPLACE INTO generations(id, label, committed_unix_ms, changes, entries, "
        "request_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"},
       {&s->put_generation_slot,
-       "INSERT OR REPLACE INTO generation_slots(generation, map, slot, contents, previous) "
+       "INSERT INTO generation_slots(generation, map, slot, contents, previous) "
        "VALUES(?1, ?2, ?3, ?4, ?5)"},
       {&s->slot_contents, "SELECT contents FROM slots WHERE map = ?1 AND slot = ?2"},
       {&s->put_slot,
@@ -387,17 +407,62 @@ Status StateStore::prepare() {
        "INSERT OR REPLACE INTO drained(map, slot, field, total) VALUES(?1, ?2, ?3, ?4)"},
       {&s->clear_drained_ids, "DELETE FROM drained_inner_ids"},
       {&s->put_drained_id, "INSERT OR IGNORE INTO drained_inner_ids(id) VALUES(?1)"},
-      {&s->collect,
-       "DELETE FROM contents WHERE digest = ?1 "
-       "AND NOT EXISTS (SELECT 1 FROM slots WHERE contents = ?1) "
-       "AND NOT EXISTS (SELECT 1 FROM generation_slots WHERE contents = ?1) "
-       "AND NOT EXISTS (SELECT 1 FROM generation_slots WHERE previous = ?1)"},
+      {&s->delete_contents, "DELETE FROM contents WHERE digest = ?1"},
   };
   for (const Named& n : all) {
     POLICYD_ASSIGN_OR_RETURN(*n.stmt, db.prepare(n.sql));
   }
   stmts_ = std::move(s);
+  return count_references();
+}
+
+// The references to each contents row the record holds, counted once at open.
+Status StateStore::count_references() {
+  POLICYD_ASSIGN_OR_RETURN(
+      SqliteStmt named,
+      db_->prepare("SELECT contents FROM slots UNION ALL "
+                   "SELECT contents FROM generation_slots WHERE contents IS NOT NULL UNION ALL "
+                   "SELECT previous FROM generation_slots WHERE previous IS NOT NULL"));
+  refs_.clear();
+  for (;;) {
+    POLICYD_ASSIGN_OR_RETURN(bool row, named.step());
+    if (!row) break;
+    ++refs_[named.column_blob(0)];
+  }
   return {};
+}
+
+size_t StateStore::DigestHash::operator()(const Digest& d) const {
+  // A SHA-256 digest is uniform already: its first bytes are a hash.
+  size_t h = 0;
+  if (d.size() < sizeof(h)) return std::hash<std::string>{}(d);
+  std::memcpy(&h, d.data(), sizeof(h));
+  return h;
+}
+
+int64_t StateStore::references(const Digest& d) const {
+  int64_t n = 0;
+  if (auto it = refs_.find(d); it != refs_.end()) n += it->second;
+  if (auto it = delta_.find(d); it != delta_.end()) n += it->second;
+  return n;
+}
+
+void StateStore::reference(const Digest& d, int64_t by, std::vector<Digest>& candidates) {
+  if (d.empty()) return;
+  delta_[d] += by;
+  if (by < 0) candidates.push_back(d);
+}
+
+// A transaction committed: its reference changes hold.
+void StateStore::keep_references() {
+  for (const auto& [d, by] : delta_) {
+    const int64_t n = static_cast<int64_t>(refs_[d]) + by;
+    if (n <= 0)
+      refs_.erase(d);
+    else
+      refs_[d] = static_cast<uint32_t>(n);
+  }
+  delta_.clear();
 }
 
 // ---- reading --------------------------------------------------------------------------------
@@ -507,6 +572,7 @@ Result<std::vector<Entry>> StateStore::get_contents(const Digest& digest) {
 // ---- writing --------------------------------------------------------------------------------
 
 Status StateStore::write(const std::vector<const RecordUpdate*>& updates) {
+  delta_.clear();
   POLICYD_TRY(stmts_->begin.run());
   Status st;
   for (const RecordUpdate* update : updates) {
@@ -515,8 +581,10 @@ Status StateStore::write(const std::vector<const RecordUpdate*>& updates) {
   if (st.ok()) st = stmts_->commit.run();
   if (!st.ok()) {
     (void)stmts_->rollback.run();
+    delta_.clear();  // nothing of the transaction holds, its reference changes neither
     return st.error().wrap("write the record to " + db_path());
   }
+  keep_references();
   return {};
 }
 
@@ -525,6 +593,8 @@ Status StateStore::apply(const RecordUpdate& up) {
   std::vector<Digest> candidates;  // contents that may have lost their last reference
   for (const EncodedContentsPtr& ptr : up.contents) {
     const EncodedContents& c = *ptr;
+    candidates.push_back(c.digest);          // brought, but named by nothing in the end: not kept
+    if (references(c.digest) > 0) continue;  // a named contents row is there already
     POLICYD_TRY(s.put_contents.bind_blob(1, c.digest.data(), c.digest.size())
                     .bind(2, int64_t{c.key_size})
                     .bind(3, int64_t{c.value_size})
@@ -557,21 +627,18 @@ Status StateStore::apply(const RecordUpdate& up) {
       else
         put.bind_blob(5, w.previous.data(), w.previous.size());
       POLICYD_TRY(put.run());
+      reference(w.contents, +1, candidates);
+      reference(w.previous, +1, candidates);
     }
   }
-  // What a slot held before is named by the `previous` of the generation that changed it, when
-  // the update carries that generation: only slots set without one (start-up repair, the undo
-  // of a refused batch) may drop the last reference to their old contents.
-  const bool previous_recorded = !up.generations.empty();
   for (const StoredSlot& slot : up.slots) {
-    if (!previous_recorded) {
-      SqliteStmt& old = s.slot_contents;
-      old.bind(1, slot.map).bind_blob(2, slot.slot.data(), slot.slot.size());
-      Result<bool> row = old.step();
-      if (row.ok() && *row) candidates.push_back(old.column_blob(0));
-      old.reset();
-      if (!row.ok()) return row.error();
-    }
+    SqliteStmt& old = s.slot_contents;
+    old.bind(1, slot.map).bind_blob(2, slot.slot.data(), slot.slot.size());
+    Result<bool> row = old.step();
+    if (row.ok() && *row) reference(old.column_blob(0), -1, candidates);
+    old.reset();
+    if (!row.ok()) return row.error();
+    reference(slot.contents, +1, candidates);
     if (slot.contents.empty()) {
       POLICYD_TRY(
           s.delete_slot.bind(1, slot.map).bind_blob(2, slot.slot.data(), slot.slot.size()).run());
@@ -626,7 +693,7 @@ Status StateStore::forget_generations(const std::string& where, uint64_t id,
     }
     if (!*row) break;
     for (int col = 0; col < 2; ++col) {
-      if (!digests.column_is_null(col)) candidates.push_back(digests.column_blob(col));
+      if (!digests.column_is_null(col)) reference(digests.column_blob(col), -1, candidates);
     }
   }
   digests.reset();
@@ -642,8 +709,8 @@ Status StateStore::forget_generations(const std::string& where, uint64_t id,
 Status StateStore::collect(const std::vector<Digest>& candidates) {
   std::set<Digest> unique(candidates.begin(), candidates.end());
   for (const Digest& d : unique) {
-    if (d.empty()) continue;
-    POLICYD_TRY(stmts_->collect.bind_blob(1, d.data(), d.size()).run());
+    if (d.empty() || references(d) > 0) continue;
+    POLICYD_TRY(stmts_->delete_contents.bind_blob(1, d.data(), d.size()).run());
   }
   return {};
 }

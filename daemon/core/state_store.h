@@ -9,7 +9,9 @@
 // A write names only what a batch changed: the contents it brings (stored once, keyed by
 // digest), the slots its generations changed (with what they held before, so that history
 // needs no full snapshots), the current slots it touched, and the drained totals that moved.
-// A state_dir in the format before this store (state + contents/) is imported once.
+// Contents no longer named are deleted by reference counts kept in memory (counted at open).
+// A state_dir in the format before this store (state + contents/) is imported once; a database
+// of format 2 is upgraded in place.
 // Thread-safety: one thread at a time.
 #pragma once
 
@@ -17,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -141,10 +144,24 @@ class StateStore {
   Status forget_generations(const std::string& where, uint64_t id, std::vector<Digest>& candidates);
   Status collect(const std::vector<Digest>& candidates);
 
+  // References to contents rows: a row goes in the transaction that drops its last reference,
+  // without an index on the digest columns (every such index would be written at a random
+  // page per slot a commit changes).
+  struct DigestHash {
+    size_t operator()(const Digest& d) const;
+  };
+  Status count_references();
+  [[nodiscard]] int64_t references(const Digest& d) const;  // committed + this transaction's
+  void reference(const Digest& d, int64_t by, std::vector<Digest>& candidates);
+  void keep_references();
+
   std::string dir_;
   kernel::UniqueFd lock_;
   std::unique_ptr<SqliteDb> db_;
   std::unique_ptr<Statements> stmts_;
+  // The slots' and the history's references per contents digest, counted at open.
+  std::unordered_map<Digest, uint32_t, DigestHash> refs_;
+  std::unordered_map<Digest, int64_t, DigestHash> delta_;  // the open transaction's changes
 };
 
 }  // namespace policyd::core

@@ -15,9 +15,9 @@
 #include <set>
 #include <thread>
 
-#include "core/sqlite_db.h"
 #include "core/state_store.h"
 #include "fake_engine.h"
+#include "record_write_lock.h"
 
 namespace policyd::core {
 namespace {
@@ -358,40 +358,6 @@ TEST_F(CommitterLogicTest, G4_StopFinishesEveryAcceptedPushAndRefusesLaterOnes) 
 }
 
 // ---- recovery (G8), on a real record ----------------------------------------------------------
-
-// Another connection holding the record's write lock (BEGIN IMMEDIATE): while it holds it past
-// the store's busy timeout (500 ms), the record's writes fail, as on a broken disk.
-class RecordWriteLock {
- public:
-  explicit RecordWriteLock(const std::string& db_path) {
-    auto db = SqliteDb::open(db_path, false);
-    if (!db.ok()) {
-      error_ = db.error().message();
-      return;
-    }
-    if (Status st = (*db)->exec("BEGIN IMMEDIATE"); !st.ok()) {
-      error_ = st.error().message();
-      return;
-    }
-    db_ = std::move(db).value();
-  }
-  ~RecordWriteLock() { release(); }
-  RecordWriteLock(const RecordWriteLock&) = delete;
-  RecordWriteLock& operator=(const RecordWriteLock&) = delete;
-
-  [[nodiscard]] bool held() const { return db_ != nullptr; }
-  [[nodiscard]] const std::string& error() const { return error_; }
-  // Rolls back and closes the connection: the record can be written again.
-  void release() {
-    if (!db_) return;
-    EXPECT_TRUE(db_->exec("ROLLBACK").ok());
-    db_.reset();
-  }
-
- private:
-  std::unique_ptr<SqliteDb> db_;
-  std::string error_;
-};
 
 class CommitterRecoveryTest : public ::testing::Test {
  protected:

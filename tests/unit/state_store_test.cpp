@@ -13,6 +13,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "record_write_lock.h"
+
 namespace policyd::core {
 namespace {
 
@@ -63,6 +65,16 @@ class StateStoreTest : public ::testing::Test {
     auto s = StateStore::open(state_dir_);
     EXPECT_TRUE(s.ok()) << s.error().message();
     return s.ok() ? std::move(s).value() : nullptr;
+  }
+
+  // The record `store` holds; nullopt, with the failure reported, when it cannot be read or
+  // there is none.
+  static std::optional<StoredState> record_of(StateStore& store) {
+    auto loaded = store.load();
+    EXPECT_TRUE(loaded.ok()) << (loaded.ok() ? "" : loaded.error().message());
+    if (!loaded.ok()) return std::nullopt;
+    EXPECT_TRUE(loaded->has_value()) << "no record";
+    return std::move(loaded).value();
   }
 
   // Generation `id` puts contents(tag) in acl `slot` (previously `previous`, or empty).
@@ -370,7 +382,97 @@ TEST_F(StateStoreDamageTest, G8_AFileThatIsNotADatabaseIsRefused) {
   expect_refused("damaged or unreadable");
 }
 
-// ---- import and the CLI ---------------------------------------------------------------------
+// Contents are collected by reference counts kept in memory: a write that fails must leave them
+// as they were (else a later write deletes contents still named, or keeps ones named by
+// nothing), and a restart counts them again from the tables.
+TEST_F(StateStoreTest, G8_AFailedWriteLeavesTheContentsReferencesAsTheyWere) {
+  auto store = open();
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->write(generation(1, kSlot0, 1, nullptr, 1)).ok());
+  RecordUpdate second = generation(2, kSlot0, 2, contents(1), 2);
+  second.keep_from = 2;  // generation 1 goes: contents 1 is named only as 2's previous
+  {
+    // Refused before the transaction begins: another connection holds the write lock.
+    RecordWriteLock lock(state_dir_ + "/state.db");
+    ASSERT_TRUE(lock.held()) << lock.error();
+    ASSERT_FALSE(store->write(second).ok()) << "the write succeeded under another's lock";
+  }
+  // Refused half way, after `second` was applied: an update naming one slot twice in a
+  // generation breaks generation_slots' key.
+  RecordUpdate broken = generation(3, kSlot1, 5, nullptr, 3);
+  broken.generations[0].slots.push_back(broken.generations[0].slots[0]);
+  ASSERT_FALSE(store->write({&second, &broken}).ok());
+  // The failed write is retried with the next, which drops generation 2 from the history.
+  RecordUpdate third = generation(3, kSlot0, 3, contents(2), 3);
+  third.keep_from = 3;
+  ASSERT_TRUE(store->write({&second, &third}).ok());
+  EXPECT_FALSE(store->get_contents(contents(1)->digest).ok()) << "contents 1 is named by nothing";
+  EXPECT_FALSE(store->get_contents(contents(5)->digest).ok()) << "the refused write's contents";
+  EXPECT_TRUE(store->get_contents(contents(2)->digest).ok()) << "generation 3's previous was lost";
+  EXPECT_TRUE(store->get_contents(contents(3)->digest).ok()) << "slot 0's contents were lost";
+  // Generation 4 drops the last reference to contents 2.
+  RecordUpdate fourth = generation(4, kSlot0, 4, contents(3), 4);
+  fourth.keep_from = 4;
+  ASSERT_TRUE(store->write(fourth).ok());
+  EXPECT_FALSE(store->get_contents(contents(2)->digest).ok()) << "contents 2 outlived its names";
+  EXPECT_EQ(sqlite3_cli(state_dir_ + "/state.db", "SELECT count(*) FROM contents"), "2\n");
+  store.reset();
+  // Counted again at open: generation 5 drops the last reference to contents 3.
+  auto again = open();
+  ASSERT_TRUE(again);
+  RecordUpdate fifth = generation(5, kSlot0, 6, contents(4), 5);
+  fifth.keep_from = 5;
+  ASSERT_TRUE(again->write(fifth).ok());
+  EXPECT_FALSE(again->get_contents(contents(3)->digest).ok()) << "contents 3 outlived its names";
+  EXPECT_TRUE(again->get_contents(contents(4)->digest).ok());
+  EXPECT_TRUE(again->get_contents(contents(6)->digest).ok());
+  EXPECT_EQ(sqlite3_cli(state_dir_ + "/state.db", "SELECT count(*) FROM contents"), "2\n");
+}
+
+// ---- import, upgrade and the CLI -------------------------------------------------------------
+
+// tests/e2e/fixtures/state_v2: a database of format 2 (three more indexes on digest columns),
+// written by policyd's store at ce51469 (fixtures/README.md). It is upgraded in place.
+TEST_F(StateStoreTest, G8_ADatabaseOfFormat2IsUpgradedInPlaceWithItsRecord) {
+  fs::create_directories(state_dir_);
+  fs::permissions(state_dir_, fs::perms::owner_all, fs::perm_options::replace);
+  fs::copy_file(STATE_V2_FIXTURE "/state.db", state_dir_ + "/state.db");
+  const std::string db = state_dir_ + "/state.db";
+  ASSERT_EQ(sqlite3_cli(db, "PRAGMA user_version"), "2\n");
+  {
+    auto store = open();
+    ASSERT_TRUE(store);
+    std::optional<StoredState> record = record_of(*store);
+    ASSERT_TRUE(record);
+    const StoredState& st = *record;
+    EXPECT_EQ(st.pin_dir, "/sys/fs/bpf/policyd-fixture-state-v2");
+    EXPECT_EQ(st.generation, 3u);
+    ASSERT_EQ(st.history.size(), 3u);
+    EXPECT_EQ(st.history[0].request_id, "fixture-v2-c");
+    EXPECT_EQ(st.history[2].label, "first");
+    ASSERT_EQ(st.slots.size(), 1u);  // generation 3 emptied slot 1
+    EXPECT_EQ(st.slots[0].contents, contents(3)->digest);
+    EXPECT_EQ(st.slots[0].inner_id, 103u);
+    ASSERT_EQ(st.drained.size(), 1u);
+    EXPECT_EQ(st.drained[0].total, 42u);
+    EXPECT_EQ(st.drained_inner_ids, (std::vector<uint32_t>{101}));
+    for (uint8_t tag : {1, 2, 3}) EXPECT_TRUE(store->get_contents(contents(tag)->digest).ok());
+    // The counts come from the upgraded tables: generation 4 leaves only generation 3 and
+    // itself, so contents 1 (generation 2's previous) is named by nothing.
+    RecordUpdate fourth = generation(4, kSlot0, 4, contents(3), 104);
+    fourth.keep_from = 3;
+    ASSERT_TRUE(store->write(fourth).ok());
+    EXPECT_FALSE(store->get_contents(contents(1)->digest).ok());
+    EXPECT_TRUE(store->get_contents(contents(2)->digest).ok()) << "generation 3's previous";
+  }
+  EXPECT_EQ(sqlite3_cli(db, "PRAGMA user_version"), "3\n");
+  EXPECT_EQ(sqlite3_cli(db, "SELECT count(*) FROM sqlite_master WHERE name GLOB '*_by_*'"), "0\n");
+  auto store = open();  // the upgraded database opens as it is
+  ASSERT_TRUE(store);
+  auto loaded = store->load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_EQ((*loaded)->generation, 4u);
+}
 
 TEST_F(StateStoreTest, G8_AStateDirOfTheEarlierFormatIsImportedOnceAndSetAside) {
   fs::create_directories(state_dir_);
@@ -378,10 +480,9 @@ TEST_F(StateStoreTest, G8_AStateDirOfTheEarlierFormatIsImportedOnceAndSetAside) 
   {
     auto store = open();
     ASSERT_TRUE(store);
-    auto loaded = store->load();
-    ASSERT_TRUE(loaded.ok()) << loaded.error().message();
-    ASSERT_TRUE(loaded->has_value());
-    const StoredState& st = **loaded;
+    std::optional<StoredState> record = record_of(*store);
+    ASSERT_TRUE(record);
+    const StoredState& st = *record;
     EXPECT_EQ(st.pin_dir, "/sys/fs/bpf/policyd-fixture-state-v1");
     EXPECT_EQ(st.generation, 2u);
     ASSERT_EQ(st.history.size(), 2u);
