@@ -5,6 +5,9 @@
 //      update (the barrier unit) and vs the same generation done by hand without a daemon
 //      (create + fill 64 inner maps, one batch outer-map update); samples interleaved in
 //      random order;
+//      Two floors, in the same interleaving, bound what any daemon that acks a durable record
+//      over gRPC can reach: the gRPC round trip of the same 64-slot request refused at once
+//      (it names no configured map) and one 4 KiB write + fdatasync beside the state_dir;
 //   2. 32 concurrent pushers vs one pusher at a time: generations committed per barrier (from
 //      GetState's barriers / generations_committed deltas) and throughput (generations/s).
 // With --expedited, /sys/kernel/rcu_expedited is 1 for the run (outer-map waits ~70 us, as on
@@ -12,6 +15,7 @@
 // exit; the targets are those of the fast-kernel path.
 // Prints medians, p90 and ratios with PASS/MISS against the targets. Not a test: it asserts
 // nothing about speed and exits 0 whenever it ran (77: bpf not permitted, 1: setup failed).
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <linux/bpf.h>
 #include <unistd.h>
@@ -221,6 +225,41 @@ v1::PushGenerationResponse push_or_die(v1::Policy::Stub& stub,
   return resp;
 }
 
+// The floor of a push's round trip: the same bytes, refused by the daemon's conversion at once.
+void refused_push(v1::Policy::Stub& stub, v1::PushGenerationRequest req) {
+  for (auto& c : *req.mutable_changes()) c.set_map("no-such-map");
+  grpc::ClientContext ctx;
+  e2e::set_deadline(ctx);
+  v1::PushGenerationResponse resp;
+  grpc::Status s = stub.PushGeneration(&ctx, req, &resp);
+  if (s.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
+    die("a push naming no configured map got " + e2e::describe(s) + ", not INVALID_ARGUMENT");
+  }
+}
+
+// The floor of a durable record: one 4 KiB page written and fdatasync'ed, as a WAL commit does.
+class SyncedWrite {
+ public:
+  explicit SyncedWrite(const std::string& path)
+      : fd_(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) {
+    if (!fd_.valid()) die("open " + path + ": " + std::strerror(errno));
+    // Allocated and durable before the clock: each sample overwrites, as a reused log does.
+    for (int i = 0; i < kPages; ++i) run();
+  }
+  void run() {
+    if (::pwrite(fd_.get(), page_, sizeof(page_), offset_) != static_cast<ssize_t>(sizeof(page_)))
+      die(std::string("pwrite: ") + std::strerror(errno));
+    if (::fdatasync(fd_.get()) != 0) die(std::string("fdatasync: ") + std::strerror(errno));
+    offset_ = (offset_ + sizeof(page_)) % (kPages * sizeof(page_));  // a log's appends, wrapped
+  }
+
+ private:
+  static constexpr int kPages = 256;
+  kernel::UniqueFd fd_;
+  char page_[4096] = {};
+  off_t offset_ = 0;
+};
+
 v1::GetStateResponse state_or_die(v1::Policy::Stub& stub) {
   grpc::ClientContext ctx;
   e2e::set_deadline(ctx);
@@ -235,13 +274,15 @@ struct LatencyResult {
   Summary hand;
   Summary push;
   Summary typed;
-  std::vector<double> raw_ms, hand_ms, push_ms, typed_ms;
+  Summary refused;  // floor: the gRPC round trip
+  Summary synced;   // floor: one durable page
+  std::vector<double> raw_ms, hand_ms, push_ms, typed_ms, refused_ms, synced_ms;
   uint64_t barriers = 0;     // during the gRPC samples
   uint64_t generations = 0;  // during the gRPC samples
 };
 
 LatencyResult run_latency(const Options& opt, v1::Policy::Stub& stub, RawOuter& raw,
-                          HandGeneration& hand) {
+                          HandGeneration& hand, SyncedWrite& synced) {
   std::vector<uint32_t> all(kSlots);
   std::iota(all.begin(), all.end(), 0);
   uint64_t tag = 1;
@@ -255,7 +296,7 @@ LatencyResult run_latency(const Options& opt, v1::Policy::Stub& stub, RawOuter& 
   std::mt19937 rng(20240611);
   for (int i = 0; i < opt.samples; ++i) {
     // Random order per round: slow drift (RCU state, background frees) hits both alike.
-    int order[4] = {0, 1, 2, 3};
+    int order[6] = {0, 1, 2, 3, 4, 5};
     std::shuffle(std::begin(order), std::end(order), rng);
     for (int method : order) {
       switch (method) {
@@ -269,6 +310,19 @@ LatencyResult run_latency(const Options& opt, v1::Policy::Stub& stub, RawOuter& 
           const auto t0 = Clock::now();
           hand.run(tag++);
           res.hand_ms.push_back(ms_since(t0));
+          break;
+        }
+        case 4: {
+          const v1::PushGenerationRequest req = generation(all, tag++);
+          const auto t0 = Clock::now();
+          refused_push(stub, req);
+          res.refused_ms.push_back(ms_since(t0));
+          break;
+        }
+        case 5: {
+          const auto t0 = Clock::now();
+          synced.run();
+          res.synced_ms.push_back(ms_since(t0));
           break;
         }
         default: {
@@ -290,6 +344,8 @@ LatencyResult run_latency(const Options& opt, v1::Policy::Stub& stub, RawOuter& 
   res.hand = summarize(res.hand_ms);
   res.push = summarize(res.push_ms);
   res.typed = summarize(res.typed_ms);
+  res.refused = summarize(res.refused_ms);
+  res.synced = summarize(res.synced_ms);
   return res;
 }
 
@@ -470,7 +526,8 @@ int run(int argc, char** argv) {
     RawOuter raw = make_raw_outer();
     HandGeneration hand = make_hand_generation();
     progress("latency: " + std::to_string(opt.samples) + " samples per method, interleaved");
-    const LatencyResult lat = run_latency(opt, *stub, raw, hand);
+    SyncedWrite synced(work + "/fsync-floor");  // the state_dir's file system
+    const LatencyResult lat = run_latency(opt, *stub, raw, hand, synced);
     progress("throughput: one pusher, " + std::to_string(opt.sequential) + " generations");
     const ThroughputRun seq = run_sequential(opt, *stub);
     progress("throughput: " + std::to_string(opt.pushers) + " pushers x " +
@@ -494,6 +551,17 @@ int run(int argc, char** argv) {
     std::printf("%-44s %4zu %8.2fms %8.2fms %8.2fms %7.2fx  (%.2fx by hand)\n",
                 "policyd: same, typed key/value fields", lat.typed.n, lat.typed.median,
                 lat.typed.p90, lat.typed.mean, lat.typed.median / lat.raw.median, typed_ratio);
+    std::printf("%-44s %4zu %8.2fms %8.2fms %8.2fms %7.2fx\n",
+                "floor: the same push refused (gRPC trip)", lat.refused.n, lat.refused.median,
+                lat.refused.p90, lat.refused.mean, lat.refused.median / lat.raw.median);
+    std::printf("%-44s %4zu %8.2fms %8.2fms %8.2fms %7.2fx\n",
+                "floor: 4 KiB pwrite + fdatasync (record)", lat.synced.n, lat.synced.median,
+                lat.synced.p90, lat.synced.mean, lat.synced.median / lat.raw.median);
+    const double floor_ms = lat.hand.median + lat.refused.median + lat.synced.median;
+    std::printf(
+        "  floor of an acked durable push: by hand + gRPC trip + one fdatasync = %.2fms = %.2fx "
+        "by hand\n",
+        floor_ms, floor_ms / lat.hand.median);
     std::printf("  daemon counted %llu barriers for %llu generations during these samples\n\n",
                 static_cast<unsigned long long>(lat.barriers),
                 static_cast<unsigned long long>(lat.generations));
@@ -520,6 +588,10 @@ int run(int argc, char** argv) {
                 hand_ratio, "<=1.2x", fast ? verdict(hand_ratio <= kFastRawTarget) : "info");
     std::printf("%-58s %7.2fx %8s  %s\n", "64-slot push->ack median vs by hand, typed fields",
                 typed_ratio, "<=1.5x", fast ? verdict(typed_ratio <= kFastTypedTarget) : "info");
+    std::printf("%-58s %7.2fx %8s  %s\n", "floor (by hand + gRPC trip + fdatasync) vs by hand",
+                floor_ms / lat.hand.median, "", "info");
+    std::printf("%-58s %7.2fx %8s  %s\n", "64-slot push->ack median vs the floor",
+                lat.push.median / floor_ms, "", "info");
     std::printf("%-58s %8.2f %8s  %s\n",
                 (std::to_string(opt.pushers) + " pushers: generations per barrier").c_str(),
                 conc.per_barrier(), ">=8", verdict(conc.per_barrier() >= kPerBarrierTarget));
