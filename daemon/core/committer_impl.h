@@ -134,7 +134,7 @@ struct Committer::Impl {
   RecordUpdate undo_update(const std::vector<GenerationRecordPtr>& records);
   void add_drain_state(RecordUpdate& update) const;
   Status write_with_unwritten(const RecordUpdate& update);
-  void written();
+  void written(bool release_pins = true);
   [[nodiscard]] Status catch_up_record();
   [[nodiscard]] bool flush_pending() const;    // either of:
   [[nodiscard]] bool record_pending() const;   // the record lacks something
