@@ -9,7 +9,9 @@
 //      over gRPC can reach: the gRPC round trip of the same 64-slot request refused at once
 //      (it names no configured map) and one 4 KiB write + fdatasync beside the state_dir;
 //   2. 32 concurrent pushers vs one pusher at a time: generations committed per barrier (from
-//      GetState's barriers / generations_committed deltas) and throughput (generations/s).
+//      GetState's barriers / generations_committed deltas) and throughput (generations/s),
+//      in alternating repetitions (the ratio is that of the medians: one short run of each
+//      swings by a factor of two on a loaded 2-CPU machine).
 // With --expedited, /sys/kernel/rcu_expedited is 1 for the run (outer-map waits ~70 us, as on
 // Linux 6.19: policyd's own overhead is then the cost) and its previous value is restored at
 // exit; the targets are those of the fast-kernel path.
@@ -70,6 +72,7 @@ struct Options {
   int pushers = 32;
   int rounds = 16;      // generations per concurrent pusher
   int sequential = 64;  // generations of the one-pusher run
+  int repeats = 7;      // alternating one-pusher / concurrent runs (odd: a true median)
 };
 
 [[noreturn]] void die(const std::string& what) {
@@ -353,14 +356,44 @@ struct ThroughputRun {
   uint64_t generations = 0;
   uint64_t barriers = 0;
   double wall_ms = 0;
-  Summary ack_ms;  // per-push latency
-  [[nodiscard]] double per_second() const { return generations / (wall_ms / 1000.0); }
+  std::vector<double> acks;  // per-push latency
+  Summary ack_ms;
+  double median_rate = 0;  // combined runs: the median of their gens/s
+  [[nodiscard]] double per_second() const {
+    return median_rate > 0 ? median_rate : generations / (wall_ms / 1000.0);
+  }
   [[nodiscard]] double per_barrier() const {
     return barriers ? static_cast<double>(generations) / static_cast<double>(barriers) : 0;
   }
 };
 
-ThroughputRun run_sequential(const Options& opt, v1::Policy::Stub& stub) {
+// The runs as one: generations, barriers and wall time summed, the acks of all; gens/s is the
+// median of the runs'.
+ThroughputRun combine(const std::vector<ThroughputRun>& runs) {
+  ThroughputRun all;
+  std::vector<double> rates;
+  std::vector<double> acks;
+  for (const ThroughputRun& r : runs) {
+    all.generations += r.generations;
+    all.barriers += r.barriers;
+    all.wall_ms += r.wall_ms;
+    rates.push_back(r.per_second());
+    acks.insert(acks.end(), r.acks.begin(), r.acks.end());
+  }
+  all.median_rate = summarize(rates).median;
+  all.ack_ms = summarize(acks);
+  return all;
+}
+
+// A throughput run's push; `refused`: the floor, the same request refused at once.
+void send(v1::Policy::Stub& stub, const v1::PushGenerationRequest& req, bool refused) {
+  if (refused)
+    refused_push(stub, req);
+  else
+    push_or_die(stub, req);
+}
+
+ThroughputRun run_sequential(const Options& opt, v1::Policy::Stub& stub, bool refused) {
   ThroughputRun r;
   std::vector<v1::PushGenerationRequest> reqs;
   for (int i = 0; i < opt.sequential; ++i) {
@@ -371,19 +404,21 @@ ThroughputRun run_sequential(const Options& opt, v1::Policy::Stub& stub) {
   const auto t0 = Clock::now();
   for (const auto& req : reqs) {
     const auto t = Clock::now();
-    push_or_die(stub, req);
+    send(stub, req, refused);
     ack.push_back(ms_since(t));
   }
   r.wall_ms = ms_since(t0);
   const v1::GetStateResponse after = state_or_die(stub);
-  r.generations = after.generations_committed() - before.generations_committed();
+  r.generations =
+      refused ? reqs.size() : after.generations_committed() - before.generations_committed();
   r.barriers = after.barriers() - before.barriers();
   r.ack_ms = summarize(ack);
+  r.acks = std::move(ack);
   return r;
 }
 
-ThroughputRun run_concurrent(const Options& opt, e2e::DaemonProcess& daemon,
-                             v1::Policy::Stub& stub) {
+ThroughputRun run_concurrent(const Options& opt, e2e::DaemonProcess& daemon, v1::Policy::Stub& stub,
+                             bool refused) {
   ThroughputRun r;
   const auto n = static_cast<size_t>(opt.pushers);
   std::vector<std::unique_ptr<v1::Policy::Stub>> stubs;
@@ -403,7 +438,7 @@ ThroughputRun run_concurrent(const Options& opt, e2e::DaemonProcess& daemon,
       start.arrive_and_wait();
       for (const auto& req : reqs[t]) {
         const auto t0 = Clock::now();
-        push_or_die(*stubs[t], req);
+        send(*stubs[t], req, refused);
         ack[t].push_back(ms_since(t0));
       }
     });
@@ -414,11 +449,11 @@ ThroughputRun run_concurrent(const Options& opt, e2e::DaemonProcess& daemon,
   for (auto& th : threads) th.join();
   r.wall_ms = ms_since(t0);
   const v1::GetStateResponse after = state_or_die(stub);
-  r.generations = after.generations_committed() - before.generations_committed();
+  r.generations = refused ? n * static_cast<size_t>(opt.rounds)
+                          : after.generations_committed() - before.generations_committed();
   r.barriers = after.barriers() - before.barriers();
-  std::vector<double> all;
-  for (const auto& a : ack) all.insert(all.end(), a.begin(), a.end());
-  r.ack_ms = summarize(all);
+  for (const auto& a : ack) r.acks.insert(r.acks.end(), a.begin(), a.end());
+  r.ack_ms = summarize(r.acks);
   return r;
 }
 
@@ -438,6 +473,7 @@ Options parse_options(int argc, char** argv) {
       opt.samples = 5;
       opt.rounds = 2;
       opt.sequential = 8;
+      opt.repeats = 1;
     } else if (a.rfind("--samples=", 0) == 0) {
       opt.samples = num("--samples=");
     } else if (a.rfind("--pushers=", 0) == 0) {
@@ -446,6 +482,8 @@ Options parse_options(int argc, char** argv) {
       opt.rounds = num("--rounds=");
     } else if (a.rfind("--sequential=", 0) == 0) {
       opt.sequential = num("--sequential=");
+    } else if (a.rfind("--repeats=", 0) == 0) {
+      opt.repeats = num("--repeats=");
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: policyd_grpc_bench [--expedited] [--quick] [--samples=N] [--pushers=N] "
@@ -457,6 +495,7 @@ Options parse_options(int argc, char** argv) {
           "  --pushers=N     concurrent pushers (default 32, at most 64)\n"
           "  --rounds=N      generations per concurrent pusher (default 16)\n"
           "  --sequential=N  generations of the one-pusher run (default 64)\n"
+          "  --repeats=N     alternating one-pusher and concurrent runs (default 7)\n"
           "Starts the real policyd on a private bpffs and a temp socket. Needs root.\n"
           "Exit 0: ran; 77: bpf not permitted (skip); 1: setup failed or policyd did not exit\n"
           "0 on SIGTERM.\n");
@@ -467,7 +506,7 @@ Options parse_options(int argc, char** argv) {
     }
   }
   if (opt.samples < 1 || opt.pushers < 1 || opt.pushers > static_cast<int>(kSlots) ||
-      opt.rounds < 1 || opt.sequential < 1) {
+      opt.rounds < 1 || opt.sequential < 1 || opt.repeats < 1) {
     std::fprintf(stderr, "policyd_grpc_bench: counts must be positive (pushers <= 64)\n");
     std::exit(2);
   }
@@ -528,11 +567,20 @@ int run(int argc, char** argv) {
     progress("latency: " + std::to_string(opt.samples) + " samples per method, interleaved");
     SyncedWrite synced(work + "/fsync-floor");  // the state_dir's file system
     const LatencyResult lat = run_latency(opt, *stub, raw, hand, synced);
-    progress("throughput: one pusher, " + std::to_string(opt.sequential) + " generations");
-    const ThroughputRun seq = run_sequential(opt, *stub);
-    progress("throughput: " + std::to_string(opt.pushers) + " pushers x " +
-             std::to_string(opt.rounds) + " generations");
-    const ThroughputRun conc = run_concurrent(opt, daemon, *stub);
+    progress("throughput: " + std::to_string(opt.repeats) + " x (one pusher, " +
+             std::to_string(opt.sequential) + " generations; " + std::to_string(opt.pushers) +
+             " pushers x " + std::to_string(opt.rounds) + " generations)");
+    std::vector<ThroughputRun> seqs, concs, floor_seqs, floor_concs;
+    for (int r = 0; r < opt.repeats; ++r) {
+      seqs.push_back(run_sequential(opt, *stub, false));
+      concs.push_back(run_concurrent(opt, daemon, *stub, false));
+      floor_seqs.push_back(run_sequential(opt, *stub, true));
+      floor_concs.push_back(run_concurrent(opt, daemon, *stub, true));
+    }
+    const ThroughputRun seq = combine(seqs);
+    const ThroughputRun conc = combine(concs);
+    const ThroughputRun floor_seq = combine(floor_seqs);
+    const ThroughputRun floor_conc = combine(floor_concs);
 
     const double lat_ratio = lat.push.median / lat.raw.median;
     const double lat_ratio_p90 = lat.push.p90 / lat.raw.p90;
@@ -566,17 +614,33 @@ int run(int argc, char** argv) {
                 static_cast<unsigned long long>(lat.barriers),
                 static_cast<unsigned long long>(lat.generations));
 
-    std::printf("== group commit: %d concurrent pushers vs one pusher at a time ==\n", opt.pushers);
+    std::printf(
+        "== group commit: %d concurrent pushers vs one pusher at a time, %d alternating runs "
+        "each ==\n",
+        opt.pushers, opt.repeats);
     std::printf("%-26s %6s %8s %10s %10s %12s %10s %10s\n", "case", "gens", "barriers", "gens/barr",
-                "wall", "gens/s", "ack med", "ack p90");
-    for (const auto& [name, r] : {std::pair<std::string, const ThroughputRun&>{"one pusher", seq},
-                                  {std::to_string(opt.pushers) + " pushers", conc}}) {
+                "wall", "gens/s med", "ack med", "ack p90");
+    for (const auto& [name, r] :
+         {std::pair<std::string, const ThroughputRun&>{"one pusher", seq},
+          {std::to_string(opt.pushers) + " pushers", conc},
+          {"floor: one pusher, refused", floor_seq},
+          {"floor: " + std::to_string(opt.pushers) + " pushers, refused", floor_conc}}) {
       std::printf("%-26s %6llu %8llu %10.2f %8.1fms %12.1f %8.2fms %8.2fms\n", name.c_str(),
                   static_cast<unsigned long long>(r.generations),
                   static_cast<unsigned long long>(r.barriers), r.per_barrier(), r.wall_ms,
                   r.per_second(), r.ack_ms.median, r.ack_ms.p90);
     }
     const double tput_ratio = conc.per_second() / seq.per_second();
+    std::printf("  per run (32 pushers / one pusher, gens/s):");
+    for (size_t r = 0; r < seqs.size(); ++r) {
+      std::printf(" %.2fx", concs[r].per_second() / seqs[r].per_second());
+    }
+    std::printf("; the target uses the ratio of the medians\n");
+    const double floor_ratio = floor_conc.per_second() / floor_seq.per_second();
+    std::printf(
+        "  floor: the same pushes refused at once scale %.2fx (gRPC and this machine's %u CPUs "
+        "alone, nothing committed)\n",
+        floor_ratio, std::thread::hardware_concurrency());
     std::printf("\n== Targets ==\n");
     std::printf("%-58s %8s %8s  %s\n", "target", "measured", "goal", "verdict");
     const bool fast = opt.expedited;  // the fast-kernel targets; the others are for reference
@@ -599,6 +663,8 @@ int run(int argc, char** argv) {
     std::printf("%-58s %7.2fx %7s%.0fx  %s\n",
                 (std::to_string(opt.pushers) + " pushers vs one: throughput (gens/s)").c_str(),
                 tput_ratio, ">=", tput_goal, verdict(tput_ratio >= tput_goal));
+    std::printf("%-58s %7.2fx %8s  %s\n", "floor: refused pushes, 32 pushers vs one (gRPC alone)",
+                floor_ratio, "", "info");
     std::printf("mode:    %s\n",
                 fast ? "expedited (rcu_expedited=1, fast-kernel targets)" : "normal grace periods");
 
