@@ -351,8 +351,13 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
   if (*check != "ok") return damaged(db_path, "PRAGMA integrity_check says: " + *check);
   Result<std::string> format = db->query_text("PRAGMA user_version");
   if (format.ok() && *format == std::to_string(kFormatWithDigestIndexes)) {
-    if (Status up = upgrade_from_format_2(*db); !up.ok())
-      return damaged(db_path, up.error().message());
+    if (Status up = upgrade_from_format_2(*db); !up.ok()) {
+      // Nothing is damaged: the transaction rolled back (a full disk, a read-only file system).
+      return up.error().wrap("upgrade state database " + db_path + " from format " +
+                             std::to_string(kFormatWithDigestIndexes) + " to " +
+                             std::to_string(kFormat) +
+                             "; the database is unchanged, start again once it can be written");
+    }
     spdlog::info(
         "state database {}: upgraded from format {} to {} (dropped the indexes on "
         "digest columns)",
@@ -413,23 +418,24 @@ Status StateStore::prepare() {
     POLICYD_ASSIGN_OR_RETURN(*n.stmt, db.prepare(n.sql));
   }
   stmts_ = std::move(s);
-  return count_references();
+  POLICYD_ASSIGN_OR_RETURN(refs_, count_references());
+  return {};
 }
 
-// The references to each contents row the record holds, counted once at open.
-Status StateStore::count_references() {
+// The references to each contents row the tables hold (at open; check_references()).
+Result<StateStore::RefCounts> StateStore::count_references() {
   POLICYD_ASSIGN_OR_RETURN(
       SqliteStmt named,
       db_->prepare("SELECT contents FROM slots UNION ALL "
                    "SELECT contents FROM generation_slots WHERE contents IS NOT NULL UNION ALL "
                    "SELECT previous FROM generation_slots WHERE previous IS NOT NULL"));
-  refs_.clear();
+  RefCounts counts;
   for (;;) {
     POLICYD_ASSIGN_OR_RETURN(bool row, named.step());
     if (!row) break;
-    ++refs_[named.column_blob(0)];
+    ++counts[named.column_blob(0)];
   }
-  return {};
+  return counts;
 }
 
 size_t StateStore::DigestHash::operator()(const Digest& d) const {
@@ -438,6 +444,28 @@ size_t StateStore::DigestHash::operator()(const Digest& d) const {
   if (d.size() < sizeof(h)) return std::hash<std::string>{}(d);
   std::memcpy(&h, d.data(), sizeof(h));
   return h;
+}
+
+Status StateStore::check_references() {
+  POLICYD_ASSIGN_OR_RETURN(RefCounts counted, count_references());
+  for (const auto& [d, n] : counted) {
+    auto it = refs_.find(d);
+    const uint32_t mine = it == refs_.end() ? 0 : it->second;
+    if (mine != n) {
+      return failed_precondition("contents " + digest_hex(d) + ": the tables name it " +
+                                 std::to_string(n) + " time(s), policyd counts " +
+                                 std::to_string(mine));
+    }
+    POLICYD_ASSIGN_OR_RETURN(std::vector<Entry> entries, get_contents(d));
+    (void)entries;
+  }
+  for (const auto& [d, mine] : refs_) {
+    if (!counted.count(d)) {
+      return failed_precondition("contents " + digest_hex(d) + ": policyd counts " +
+                                 std::to_string(mine) + " reference(s), the tables name it none");
+    }
+  }
+  return {};
 }
 
 int64_t StateStore::references(const Digest& d) const {
@@ -457,6 +485,12 @@ void StateStore::reference(const Digest& d, int64_t by, std::vector<Digest>& can
 void StateStore::keep_references() {
   for (const auto& [d, by] : delta_) {
     const int64_t n = static_cast<int64_t>(refs_[d]) + by;
+    if (n < 0) {
+      spdlog::error(
+          "state database {}: contents {} lost more references than it had: policyd's counts "
+          "no longer match the tables (a defect; a restart counts them again)",
+          db_path(), digest_hex(d));
+    }
     if (n <= 0)
       refs_.erase(d);
     else
@@ -572,7 +606,7 @@ Result<std::vector<Entry>> StateStore::get_contents(const Digest& digest) {
 // ---- writing --------------------------------------------------------------------------------
 
 Status StateStore::write(const std::vector<const RecordUpdate*>& updates) {
-  delta_.clear();
+  // delta_ is empty here: every write ends by keeping or dropping it.
   POLICYD_TRY(stmts_->begin.run());
   Status st;
   for (const RecordUpdate* update : updates) {
@@ -581,7 +615,7 @@ Status StateStore::write(const std::vector<const RecordUpdate*>& updates) {
   if (st.ok()) st = stmts_->commit.run();
   if (!st.ok()) {
     (void)stmts_->rollback.run();
-    delta_.clear();  // nothing of the transaction holds, its reference changes neither
+    delta_.clear();  // nothing of the transaction holds, nor do its reference changes
     return st.error().wrap("write the record to " + db_path());
   }
   keep_references();

@@ -135,6 +135,10 @@ class StateStore {
   // nothing of them written when it fails (a failed write is retried with the next one).
   [[nodiscard]] Status write(const std::vector<const RecordUpdate*>& updates);
   [[nodiscard]] Status write(const RecordUpdate& update) { return write({&update}); }
+  // Counts the references to contents in the tables again and compares them with the counts
+  // policyd keeps, and that every contents row named is there: an error names the first
+  // difference. For tests (a count that drifts would delete contents still named).
+  [[nodiscard]] Status check_references();
 
  private:
   struct Statements;
@@ -150,7 +154,8 @@ class StateStore {
   struct DigestHash {
     size_t operator()(const Digest& d) const;
   };
-  Status count_references();
+  using RefCounts = std::unordered_map<Digest, uint32_t, DigestHash>;
+  [[nodiscard]] Result<RefCounts> count_references();
   [[nodiscard]] int64_t references(const Digest& d) const;  // committed + this transaction's
   void reference(const Digest& d, int64_t by, std::vector<Digest>& candidates);
   void keep_references();
@@ -160,7 +165,7 @@ class StateStore {
   std::unique_ptr<SqliteDb> db_;
   std::unique_ptr<Statements> stmts_;
   // The slots' and the history's references per contents digest, counted at open.
-  std::unordered_map<Digest, uint32_t, DigestHash> refs_;
+  RefCounts refs_;
   std::unordered_map<Digest, int64_t, DigestHash> delta_;  // the open transaction's changes
 };
 

@@ -67,6 +67,12 @@ class StateStoreTest : public ::testing::Test {
     return s.ok() ? std::move(s).value() : nullptr;
   }
 
+  // The store's reference counts against the tables (a drift deletes contents still named).
+  static void expect_counts_match(StateStore& store) {
+    Status st = store.check_references();
+    EXPECT_TRUE(st.ok()) << st.error().message();
+  }
+
   // The record `store` holds; nullopt, with the failure reported, when it cannot be read or
   // there is none.
   static std::optional<StoredState> record_of(StateStore& store) {
@@ -155,6 +161,7 @@ TEST_F(StateStoreTest, G8_HistoryBeyondItsBoundGoesWithTheContentsOnlyItNamed) {
   RecordUpdate third = generation(3, kSlot0, 3, contents(2), 3);
   third.keep_from = 3;  // generations 1 and 2 leave the history
   ASSERT_TRUE(store->write(third).ok());
+  expect_counts_match(*store);
   auto loaded = store->load();
   ASSERT_TRUE(loaded.ok() && loaded->has_value());
   ASSERT_EQ((*loaded)->history.size(), 1u);
@@ -177,6 +184,7 @@ TEST_F(StateStoreTest, G8_UndoOfARefusedBatchPutsBackTheRecordBeforeIt) {
   undo.generation = 1;
   undo.slots.push_back({"acl", kSlot1, {}, 0});
   ASSERT_TRUE(store->write(undo).ok());
+  expect_counts_match(*store);
   auto loaded = store->load();
   ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.error().message();
   EXPECT_EQ((*loaded)->generation, 1u);
@@ -201,6 +209,7 @@ TEST_F(StateStoreTest, G8_UndoKeepsContentsOnlyTheRefusedGenerationNamed) {
   undo.generation = 2;
   undo.slots.push_back({"acl", kSlot0, contents(1)->digest, 1});
   ASSERT_TRUE(store->write(undo).ok());
+  expect_counts_match(*store);
   EXPECT_TRUE(store->get_contents(contents(1)->digest).ok()) << "the undo lost slot 0's contents";
   EXPECT_FALSE(store->get_contents(contents(3)->digest).ok()) << "the refused contents stayed";
   store.reset();
@@ -218,6 +227,7 @@ TEST_F(StateStoreTest, G8_AnUpdateRetriedWithTheNextLandsInOrder) {
   RecordUpdate first = generation(1, kSlot0, 1, nullptr, 1);
   RecordUpdate second = generation(2, kSlot0, 2, contents(1), 2);
   ASSERT_TRUE(store->write({&first, &second}).ok());
+  expect_counts_match(*store);
   auto loaded = store->load();
   ASSERT_TRUE(loaded.ok() && loaded->has_value());
   EXPECT_EQ((*loaded)->generation, 2u);
@@ -402,10 +412,12 @@ TEST_F(StateStoreTest, G8_AFailedWriteLeavesTheContentsReferencesAsTheyWere) {
   RecordUpdate broken = generation(3, kSlot1, 5, nullptr, 3);
   broken.generations[0].slots.push_back(broken.generations[0].slots[0]);
   ASSERT_FALSE(store->write({&second, &broken}).ok());
+  expect_counts_match(*store);
   // The failed write is retried with the next, which drops generation 2 from the history.
   RecordUpdate third = generation(3, kSlot0, 3, contents(2), 3);
   third.keep_from = 3;
   ASSERT_TRUE(store->write({&second, &third}).ok());
+  expect_counts_match(*store);
   EXPECT_FALSE(store->get_contents(contents(1)->digest).ok()) << "contents 1 is named by nothing";
   EXPECT_FALSE(store->get_contents(contents(5)->digest).ok()) << "the refused write's contents";
   EXPECT_TRUE(store->get_contents(contents(2)->digest).ok()) << "generation 3's previous was lost";
@@ -414,6 +426,7 @@ TEST_F(StateStoreTest, G8_AFailedWriteLeavesTheContentsReferencesAsTheyWere) {
   RecordUpdate fourth = generation(4, kSlot0, 4, contents(3), 4);
   fourth.keep_from = 4;
   ASSERT_TRUE(store->write(fourth).ok());
+  expect_counts_match(*store);
   EXPECT_FALSE(store->get_contents(contents(2)->digest).ok()) << "contents 2 outlived its names";
   EXPECT_EQ(sqlite3_cli(state_dir_ + "/state.db", "SELECT count(*) FROM contents"), "2\n");
   store.reset();
@@ -423,6 +436,7 @@ TEST_F(StateStoreTest, G8_AFailedWriteLeavesTheContentsReferencesAsTheyWere) {
   RecordUpdate fifth = generation(5, kSlot0, 6, contents(4), 5);
   fifth.keep_from = 5;
   ASSERT_TRUE(again->write(fifth).ok());
+  expect_counts_match(*again);
   EXPECT_FALSE(again->get_contents(contents(3)->digest).ok()) << "contents 3 outlived its names";
   EXPECT_TRUE(again->get_contents(contents(4)->digest).ok());
   EXPECT_TRUE(again->get_contents(contents(6)->digest).ok());
@@ -439,6 +453,8 @@ TEST_F(StateStoreTest, G8_ADatabaseOfFormat2IsUpgradedInPlaceWithItsRecord) {
   fs::copy_file(STATE_V2_FIXTURE "/state.db", state_dir_ + "/state.db");
   const std::string db = state_dir_ + "/state.db";
   ASSERT_EQ(sqlite3_cli(db, "PRAGMA user_version"), "2\n");
+  ASSERT_EQ(sqlite3_cli(db, "SELECT count(*) FROM sqlite_master WHERE name GLOB '*_by_*'"), "3\n")
+      << "the fixture is not of format 2";
   {
     auto store = open();
     ASSERT_TRUE(store);
@@ -457,11 +473,13 @@ TEST_F(StateStoreTest, G8_ADatabaseOfFormat2IsUpgradedInPlaceWithItsRecord) {
     EXPECT_EQ(st.drained[0].total, 42u);
     EXPECT_EQ(st.drained_inner_ids, (std::vector<uint32_t>{101}));
     for (uint8_t tag : {1, 2, 3}) EXPECT_TRUE(store->get_contents(contents(tag)->digest).ok());
+    expect_counts_match(*store);
     // The counts come from the upgraded tables: generation 4 leaves only generation 3 and
     // itself, so contents 1 (generation 2's previous) is named by nothing.
     RecordUpdate fourth = generation(4, kSlot0, 4, contents(3), 104);
     fourth.keep_from = 3;
     ASSERT_TRUE(store->write(fourth).ok());
+    expect_counts_match(*store);
     EXPECT_FALSE(store->get_contents(contents(1)->digest).ok());
     EXPECT_TRUE(store->get_contents(contents(2)->digest).ok()) << "generation 3's previous";
   }
