@@ -349,14 +349,11 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
     });
   }
   Result<CommitReport> report = engine->commit(std::move(batch));
-  // The pins of maps drained before this batch, whose totals its record carried: they go once
-  // the batch is acknowledged (or refused), before this batch's own drain adds new ones.
-  bool pins_releasable = false;
-  auto release_pins = [&] {
-    if (pins_releasable) engine->release_drained();
-    pins_releasable = false;
-  };
   Status durable = store ? writer.wait() : Status{};
+  // The pins of maps drained before this batch, whose totals its record carried, go after the
+  // batch's acks (the unlinks are not on their path) and before its own drain pins the maps it
+  // replaced, which the record does not account for.
+  const bool pins_recorded = store && report.ok() && durable.ok();
   if (report.ok()) {
     for (const auto& [key, id] : next_ids) {
       if (id)
@@ -365,8 +362,7 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
         live_ids.erase(key);
     }
     if (store && durable.ok()) {
-      written(/*release_pins=*/false);  // released after the acks: unlinks are not on their path
-      pins_releasable = true;
+      recorded();
     } else if (store) {
       unwritten.push_back(std::move(update));  // retried with the next write
     }
@@ -425,7 +421,7 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
     for (size_t i = 0; i < ok.size(); ++i) {
       finish_unsettled(ok[i], result_of(*ok[i], *report, i, ok.size()), e, {!durable.ok(), true});
     }
-    release_pins();
+    if (pins_recorded) engine->release_drained();
     for_each_listener([&](EventListener& l) { l.on_committed(event); });
     drain_and_publish();
     return;
@@ -452,7 +448,7 @@ void Committer::Impl::commit_batch(std::vector<ItemPtr> items) {
   }
   // G4: commit() returned after the barrier, so acking now is safe.
   for (size_t i = 0; i < ok.size(); ++i) finish(ok[i], result_of(*ok[i], *report, i, ok.size()));
-  release_pins();
+  if (pins_recorded) engine->release_drained();
   for_each_listener([&](EventListener& l) { l.on_committed(event); });
   const double drain_ms = drain_and_publish();
   for (size_t i = 0; i < ok.size(); ++i) {
@@ -664,13 +660,18 @@ Status Committer::Impl::write_with_unwritten(const RecordUpdate& update) {
 }
 
 // After a successful write: what it carried is durable, the pins of drained maps it accounts
-// for may go. The record still lists their ids until the next write (an idle flush, if no
-// commit comes first, so that the record does not keep naming maps that are gone).
-void Committer::Impl::written(bool release_pins) {
+// for may go (written() unpins them; a commit calls recorded() and unpins them after its acks).
+// The record still lists their ids until the next write (an idle flush, if no commit comes
+// first, so that the record does not keep naming maps that are gone).
+void Committer::Impl::written() {
+  recorded();
+  engine->release_drained();
+}
+
+void Committer::Impl::recorded() {
   drained_ids_listed = !engine->unreleased_drains().empty();
   unwritten.clear();
   dirty_totals.clear();
-  if (release_pins) engine->release_drained();
   settle(true, false);  // the generations whose record had failed are recorded now
 }
 
@@ -734,7 +735,8 @@ void Committer::Impl::flush_idle() {
       failed = true;
     }
   }
-  flush_delay = failed ? std::min(flush_delay * 2, std::chrono::milliseconds(5000)) : kFlushDelay;
+  flush_delay = failed ? std::min(flush_delay * 2, std::chrono::milliseconds(5000))
+                       : options.idle_flush_delay;
 }
 
 // ---- events and the view ------------------------------------------------------------------

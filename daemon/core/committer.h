@@ -10,6 +10,7 @@
 // if still in flight); ids are remembered for the last kRememberedRequests pushes.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -70,6 +71,10 @@ struct CommitterView {
 struct CommitterOptions {
   uint32_t history = 16;
   size_t remembered_requests = 4096;
+  // Idle time after which what the record lacks (drained totals, pins to release) gets a
+  // write of its own instead of riding on the next commit's. Tests lengthen it to see the
+  // state between two commits.
+  std::chrono::milliseconds idle_flush_delay{20};
 };
 
 class Committer {

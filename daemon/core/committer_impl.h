@@ -89,8 +89,8 @@ struct Committer::Impl {
     bool barrier = false;
   };
   std::map<std::string, Unsettled> unsettled;
-  static constexpr std::chrono::milliseconds kFlushDelay{20};
-  std::chrono::milliseconds flush_delay = kFlushDelay;  // idle time before flush_idle()
+  // Idle time before flush_idle(): options.idle_flush_delay, doubled while flushes fail.
+  std::chrono::milliseconds flush_delay;
   RecordWriter writer;
 
   std::thread builder_thread;
@@ -101,7 +101,8 @@ struct Committer::Impl {
         store(std::move(st)),
         options(o),
         ledger(o.remembered_requests),
-        history(o.history) {}
+        history(o.history),
+        flush_delay(o.idle_flush_delay) {}
 
   // committer.cpp: pipeline, commit, rollback, events.
   [[nodiscard]] bool stopped() const;  // stop() has begun: new work is refused
@@ -134,7 +135,8 @@ struct Committer::Impl {
   RecordUpdate undo_update(const std::vector<GenerationRecordPtr>& records);
   void add_drain_state(RecordUpdate& update) const;
   Status write_with_unwritten(const RecordUpdate& update);
-  void written(bool release_pins = true);
+  void written();   // recorded(), then the drain pins the write accounts for go
+  void recorded();  // the bookkeeping of a successful write
   [[nodiscard]] Status catch_up_record();
   [[nodiscard]] bool flush_pending() const;    // either of:
   [[nodiscard]] bool record_pending() const;   // the record lacks something
