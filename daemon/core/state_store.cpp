@@ -165,13 +165,16 @@ struct StateStore::Statements {
 
 namespace {
 
-// Format 2 -> 3, in one transaction: the tables are the same, three indexes go.
+// Format 2 -> 3, in one transaction: the tables are the same, three indexes go. On failure
+// nothing of it stays.
 Status upgrade_from_format_2(SqliteDb& db) {
-  return db.exec(
+  Status st = db.exec(
       "BEGIN IMMEDIATE; DROP INDEX IF EXISTS slots_by_contents; "
       "DROP INDEX IF EXISTS generation_slots_by_contents; "
       "DROP INDEX IF EXISTS generation_slots_by_previous; PRAGMA user_version = " +
       std::to_string(kFormat) + "; COMMIT");
+  if (!st.ok()) (void)db.exec("ROLLBACK");  // fails harmlessly when BEGIN was what failed
+  return st;
 }
 
 Status create_schema(SqliteDb& db) {
@@ -352,7 +355,8 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& dir) {
   Result<std::string> format = db->query_text("PRAGMA user_version");
   if (format.ok() && *format == std::to_string(kFormatWithDigestIndexes)) {
     if (Status up = upgrade_from_format_2(*db); !up.ok()) {
-      // Nothing is damaged: the transaction rolled back (a full disk, a read-only file system).
+      // Nothing is damaged, and nothing changed: a full disk, say, or another connection's
+      // write lock held past the busy timeout.
       return up.error().wrap("upgrade state database " + db_path + " from format " +
                              std::to_string(kFormatWithDigestIndexes) + " to " +
                              std::to_string(kFormat) +
@@ -463,6 +467,16 @@ Status StateStore::check_references() {
     if (!counted.count(d)) {
       return failed_precondition("contents " + digest_hex(d) + ": policyd counts " +
                                  std::to_string(mine) + " reference(s), the tables name it none");
+    }
+  }
+  // And no row outlived its last name.
+  POLICYD_ASSIGN_OR_RETURN(SqliteStmt rows, db_->prepare("SELECT digest FROM contents"));
+  for (;;) {
+    POLICYD_ASSIGN_OR_RETURN(bool row, rows.step());
+    if (!row) break;
+    const Digest d = rows.column_blob(0);
+    if (!counted.count(d)) {
+      return failed_precondition("contents " + digest_hex(d) + " is kept but named by nothing");
     }
   }
   return {};

@@ -136,8 +136,9 @@ class StateStore {
   [[nodiscard]] Status write(const std::vector<const RecordUpdate*>& updates);
   [[nodiscard]] Status write(const RecordUpdate& update) { return write({&update}); }
   // Counts the references to contents in the tables again and compares them with the counts
-  // policyd keeps, and that every contents row named is there: an error names the first
-  // difference. For tests (a count that drifts would delete contents still named).
+  // policyd keeps, checks that every contents row named is there and that no row is named by
+  // nothing: an error names the first difference. For tests (a count that drifts would delete
+  // contents still named, or keep rows forever).
   [[nodiscard]] Status check_references();
 
  private:

@@ -492,6 +492,29 @@ TEST_F(StateStoreTest, G8_ADatabaseOfFormat2IsUpgradedInPlaceWithItsRecord) {
   EXPECT_EQ((*loaded)->generation, 4u);
 }
 
+// An upgrade that cannot be written (another connection holds the write lock past the busy
+// timeout; a full disk alike) changes nothing and is not reported as damage.
+TEST_F(StateStoreTest, G8_AnUpgradeThatCannotBeWrittenLeavesTheDatabaseAsItWas) {
+  fs::create_directories(state_dir_);
+  fs::permissions(state_dir_, fs::perms::owner_all, fs::perm_options::replace);
+  fs::copy_file(STATE_V2_FIXTURE "/state.db", state_dir_ + "/state.db");
+  const std::string db = state_dir_ + "/state.db";
+  {
+    RecordWriteLock lock(db);
+    ASSERT_TRUE(lock.held()) << lock.error();
+    auto refused = StateStore::open(state_dir_);
+    ASSERT_FALSE(refused.ok());
+    const std::string why = refused.error().message();
+    EXPECT_NE(why.find("the database is unchanged"), std::string::npos) << why;
+    EXPECT_EQ(why.find("damaged"), std::string::npos) << why;
+  }
+  EXPECT_EQ(sqlite3_cli(db, "PRAGMA user_version"), "2\n");
+  EXPECT_EQ(sqlite3_cli(db, "SELECT count(*) FROM sqlite_master WHERE name GLOB '*_by_*'"), "3\n");
+  auto store = open();  // the lock is gone: the upgrade goes through
+  ASSERT_TRUE(store);
+  EXPECT_EQ(sqlite3_cli(db, "PRAGMA user_version"), "3\n");
+}
+
 TEST_F(StateStoreTest, G8_AStateDirOfTheEarlierFormatIsImportedOnceAndSetAside) {
   fs::create_directories(state_dir_);
   fs::copy(STATE_V1_FIXTURE, state_dir_, fs::copy_options::recursive);
