@@ -735,8 +735,8 @@ void Committer::Impl::flush_idle() {
       failed = true;
     }
   }
-  flush_delay = failed ? std::min(flush_delay * 2, std::chrono::milliseconds(5000))
-                       : options.idle_flush_delay;
+  const auto longest = std::max(options.idle_flush_delay, std::chrono::milliseconds(5000));
+  flush_delay = failed ? std::min(flush_delay * 2, longest) : options.idle_flush_delay;
 }
 
 // ---- events and the view ------------------------------------------------------------------

@@ -89,7 +89,8 @@ struct Committer::Impl {
     bool barrier = false;
   };
   std::map<std::string, Unsettled> unsettled;
-  // Idle time before flush_idle(): options.idle_flush_delay, doubled while flushes fail.
+  // Idle time before flush_idle(): options.idle_flush_delay, doubled while flushes fail (up to
+  // 5 s, or the option when it is longer).
   std::chrono::milliseconds flush_delay;
   RecordWriter writer;
 

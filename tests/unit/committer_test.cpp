@@ -503,15 +503,20 @@ TEST_F(CommitterRecoveryTest, G5_G8_DrainPinsGoAfterTheAcksOfTheRecordThatCarrie
   CommitterOptions options;
   options.idle_flush_delay = std::chrono::hours(1);  // no write between the commits
   start(plane_, options);
-  auto drained = [&](size_t n) {
-    for (int i = 0; i < 2000 && fake_->drained() < n; ++i) std::this_thread::sleep_for(1ms);
-    return fake_->drained() == n;
+  // Returns once the committer has finished everything before it: a push it refuses on its own
+  // thread (a stale expected generation), which writes nothing.
+  auto committer_idle = [&] {
+    Result<PushResult> stale = push(*committer_, request("stale", {put("acl", 2, 9)}, "", 1));
+    ASSERT_FALSE(stale.ok());
+    EXPECT_NE(stale.error().message().find("expected generation 1"), std::string::npos)
+        << stale.error().message();
   };
   ASSERT_TRUE(push(*committer_, request("one", {put("acl", 0, 1)})).ok());
   const uint32_t first = fake_->live("acl", slot(0))->id;
   ASSERT_TRUE(push(*committer_, request("two", {put("acl", 0, 2)})).ok());
   const uint32_t second = fake_->live("acl", slot(0))->id;
-  ASSERT_TRUE(drained(1));
+  committer_idle();
+  ASSERT_EQ(fake_->drained(), 1u);
   EXPECT_EQ(fake_->unreleased_drains(), std::vector<uint32_t>{first}) << "pinned until recorded";
 
   // "three" records the first map's totals: at its ack that map is still pinned, afterwards
@@ -522,7 +527,8 @@ TEST_F(CommitterRecoveryTest, G5_G8_DrainPinsGoAfterTheAcksOfTheRecordThatCarrie
     at_ack.set_value(fake_->unreleased_drains());
   });
   EXPECT_EQ(at_ack.get_future().get(), std::vector<uint32_t>{first});
-  ASSERT_TRUE(drained(2));
+  committer_idle();
+  ASSERT_EQ(fake_->drained(), 2u);
   EXPECT_EQ(fake_->unreleased_drains(), std::vector<uint32_t>{second})
       << "the pins released were those the record carried, and only those";
 }
