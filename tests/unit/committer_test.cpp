@@ -92,6 +92,17 @@ bool eventually(F cond) {
   return true;
 }
 
+// Pushes `r` again until a push of it succeeds, for as long as eventually() waits; the last
+// result either way.
+Result<PushResult> retry_until_ok(Committer& c, const PushRequest& r) {
+  Result<PushResult> last = Error{};
+  eventually([&] {
+    last = push(c, r);
+    return last.ok();
+  });
+  return last;
+}
+
 uint8_t tag_of(const testing::FakeInner& inner) { return inner.entries.at(0).key.at(0); }
 
 class CommitterLogicTest : public ::testing::Test {
@@ -249,11 +260,9 @@ TEST_F(CommitterLogicTest, G4_G9_AnIdleCommitterSettlesAnUnacknowledgedPushWithA
 
   // No other push comes: the idle committer's explicit barrier settles it.
   fake_->refuse_barriers(false);
-  Result<PushResult> settled = early;
-  ASSERT_TRUE(eventually([&] {
-    settled = push(*committer_, request("g", {put("acl", 0, 2)}, "req-g"));
-    return settled.ok();
-  })) << settled.error().message();
+  Result<PushResult> settled =
+      retry_until_ok(*committer_, request("g", {put("acl", 0, 2)}, "req-g"));
+  ASSERT_TRUE(settled.ok()) << settled.error().message();
   EXPECT_TRUE(settled->replayed);
   EXPECT_EQ(settled->generation, 2u);
   EXPECT_GE(fake_->barriers(), 1u);
@@ -549,11 +558,9 @@ TEST_F(CommitterRecoveryTest, G8_G9_APushWhoseRecordFailedIsRetriedWithoutASecon
 
   lock.release();
   // The idle flush writes the record that failed; the retry then gets generation 1.
-  Result<PushResult> settled = early;
-  ASSERT_TRUE(eventually([&] {
-    settled = push(*committer_, request("one", {put("acl", 0, 1)}, "r1"));
-    return settled.ok();
-  })) << settled.error().message();
+  Result<PushResult> settled =
+      retry_until_ok(*committer_, request("one", {put("acl", 0, 1)}, "r1"));
+  ASSERT_TRUE(settled.ok()) << settled.error().message();
   EXPECT_TRUE(settled->replayed);
   EXPECT_EQ(settled->generation, 1u);
   EXPECT_EQ(fake_->calls().size(), 1u);
@@ -580,11 +587,9 @@ TEST_F(CommitterRecoveryTest, G4_G8_G9_APushWhoseBarrierAndRecordBothFailedSettl
     std::this_thread::sleep_for(std::chrono::milliseconds(30));
   }
   fake_->refuse_barriers(false);
-  Result<PushResult> settled = Error{};
-  ASSERT_TRUE(eventually([&] {
-    settled = push(*committer_, request("one", {put("acl", 0, 1)}, "r1"));
-    return settled.ok();
-  })) << settled.error().message();
+  Result<PushResult> settled =
+      retry_until_ok(*committer_, request("one", {put("acl", 0, 1)}, "r1"));
+  ASSERT_TRUE(settled.ok()) << settled.error().message();
   EXPECT_EQ(settled->generation, 1u);
   EXPECT_EQ(fake_->calls().size(), 1u);
   committer_.reset();

@@ -67,6 +67,18 @@ class StateStoreTest : public ::testing::Test {
     return s.ok() ? std::move(s).value() : nullptr;
   }
 
+  // state_dir_ holding a copy of tests/e2e/fixtures/state_v2 (format 2); its database's path.
+  std::string use_format2_fixture() {
+    fs::create_directories(state_dir_);
+    fs::permissions(state_dir_, fs::perms::owner_all, fs::perm_options::replace);
+    fs::copy_file(STATE_V2_FIXTURE "/state.db", state_dir_ + "/state.db");
+    return state_dir_ + "/state.db";
+  }
+  // How many of format 2's three indexes on digest columns `db` has, as the CLI prints it.
+  static std::string digest_indexes(const std::string& db) {
+    return sqlite3_cli(db, "SELECT count(*) FROM sqlite_master WHERE name GLOB '*_by_*'");
+  }
+
   // The store's reference counts against the tables (a drift deletes contents still named).
   static void expect_counts_match(StateStore& store) {
     Status st = store.check_references();
@@ -448,13 +460,9 @@ TEST_F(StateStoreTest, G8_AFailedWriteLeavesTheContentsReferencesAsTheyWere) {
 // tests/e2e/fixtures/state_v2: a database of format 2 (three more indexes on digest columns),
 // written by policyd's store at ce51469 (fixtures/README.md). It is upgraded in place.
 TEST_F(StateStoreTest, G8_ADatabaseOfFormat2IsUpgradedInPlaceWithItsRecord) {
-  fs::create_directories(state_dir_);
-  fs::permissions(state_dir_, fs::perms::owner_all, fs::perm_options::replace);
-  fs::copy_file(STATE_V2_FIXTURE "/state.db", state_dir_ + "/state.db");
-  const std::string db = state_dir_ + "/state.db";
+  const std::string db = use_format2_fixture();
   ASSERT_EQ(sqlite3_cli(db, "PRAGMA user_version"), "2\n");
-  ASSERT_EQ(sqlite3_cli(db, "SELECT count(*) FROM sqlite_master WHERE name GLOB '*_by_*'"), "3\n")
-      << "the fixture is not of format 2";
+  ASSERT_EQ(digest_indexes(db), "3\n") << "the fixture is not of format 2";
   {
     auto store = open();
     ASSERT_TRUE(store);
@@ -484,7 +492,7 @@ TEST_F(StateStoreTest, G8_ADatabaseOfFormat2IsUpgradedInPlaceWithItsRecord) {
     EXPECT_TRUE(store->get_contents(contents(2)->digest).ok()) << "generation 3's previous";
   }
   EXPECT_EQ(sqlite3_cli(db, "PRAGMA user_version"), "3\n");
-  EXPECT_EQ(sqlite3_cli(db, "SELECT count(*) FROM sqlite_master WHERE name GLOB '*_by_*'"), "0\n");
+  EXPECT_EQ(digest_indexes(db), "0\n");
   auto store = open();  // the upgraded database opens as it is
   ASSERT_TRUE(store);
   auto loaded = store->load();
@@ -495,10 +503,7 @@ TEST_F(StateStoreTest, G8_ADatabaseOfFormat2IsUpgradedInPlaceWithItsRecord) {
 // An upgrade that cannot be written (another connection holds the write lock past the busy
 // timeout; a full disk alike) changes nothing and is not reported as damage.
 TEST_F(StateStoreTest, G8_AnUpgradeThatCannotBeWrittenLeavesTheDatabaseAsItWas) {
-  fs::create_directories(state_dir_);
-  fs::permissions(state_dir_, fs::perms::owner_all, fs::perm_options::replace);
-  fs::copy_file(STATE_V2_FIXTURE "/state.db", state_dir_ + "/state.db");
-  const std::string db = state_dir_ + "/state.db";
+  const std::string db = use_format2_fixture();
   {
     RecordWriteLock lock(db);
     ASSERT_TRUE(lock.held()) << lock.error();
@@ -509,7 +514,7 @@ TEST_F(StateStoreTest, G8_AnUpgradeThatCannotBeWrittenLeavesTheDatabaseAsItWas) 
     EXPECT_EQ(why.find("damaged"), std::string::npos) << why;
   }
   EXPECT_EQ(sqlite3_cli(db, "PRAGMA user_version"), "2\n");
-  EXPECT_EQ(sqlite3_cli(db, "SELECT count(*) FROM sqlite_master WHERE name GLOB '*_by_*'"), "3\n");
+  EXPECT_EQ(digest_indexes(db), "3\n");
   auto store = open();  // the lock is gone: the upgrade goes through
   ASSERT_TRUE(store);
   EXPECT_EQ(sqlite3_cli(db, "PRAGMA user_version"), "3\n");
